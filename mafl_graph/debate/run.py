@@ -1,0 +1,192 @@
+"""Run many debates durably: one checkpointed thread per problem.
+
+Thread ids are stable per (run_id, problem id), so calling again with the same ``run_id``
+skips finished debates and resumes interrupted ones from their last saved model call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from langchain_core.callbacks import Callbacks
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from langgraph.graph import StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from tqdm.auto import tqdm
+
+from mafl_graph.debate.state import DebateInput, Response
+from mafl_graph.tasks.base import Problem
+
+
+@dataclass(frozen=True)
+class DebateResult:
+    """The outcome of one problem's debate (``error`` is set when it failed)."""
+
+    problem_id: str
+    question: str
+    reference: str | None
+    consensus: str | None = None
+    consensus_fraction: float = 0.0
+    correct: bool | None = None
+    responses: list[Response] = field(default_factory=list)
+    summaries: list[Response] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def thread_id(run_id: str, problem_id: str) -> str:
+    return f"{run_id}/{problem_id}"
+
+
+def run_debates(
+    graph: StateGraph | CompiledStateGraph,
+    problems: Sequence[Problem],
+    *,
+    run_id: str = "default",
+    checkpointer: BaseCheckpointSaver | None = None,
+    db_path: str | Path | None = None,
+    max_concurrency: int = 4,
+    metadata: Mapping[str, Any] | None = None,
+    callbacks: Callbacks = None,
+    progress: bool = True,
+) -> list[DebateResult]:
+    """Debate every problem and return the results in the order of ``problems``.
+
+    Works from plain scripts and from notebooks (where an event loop is already running).
+    See :func:`arun_debates` for the arguments.
+    """
+    coro = arun_debates(
+        graph,
+        problems,
+        run_id=run_id,
+        checkpointer=checkpointer,
+        db_path=db_path,
+        max_concurrency=max_concurrency,
+        metadata=metadata,
+        callbacks=callbacks,
+        progress=progress,
+    )
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+async def arun_debates(
+    graph: StateGraph | CompiledStateGraph,
+    problems: Sequence[Problem],
+    *,
+    run_id: str = "default",
+    checkpointer: BaseCheckpointSaver | None = None,
+    db_path: str | Path | None = None,
+    max_concurrency: int = 4,
+    metadata: Mapping[str, Any] | None = None,
+    callbacks: Callbacks = None,
+    progress: bool = True,
+) -> list[DebateResult]:
+    """Debate every problem, ``max_concurrency`` problems at a time.
+
+    ``graph``: from :func:`create_debate_graph`, uncompiled, or compiled with a checkpointer.
+    ``checkpointer``: any saver with async methods (in-memory, AsyncSqliteSaver, Postgres);
+    by default a SQLite file at ``db_path`` (default ``runs/<run_id>/debates.sqlite``).
+    ``metadata``: copied into every checkpoint and every model call's trace (e.g. iteration).
+    ``callbacks``: LangChain callback handlers (a LangSmith tracer, a cost counter, …).
+    A debate that raises is reported with ``error`` set, never as correct; the others finish.
+    """
+    if max_concurrency < 1:
+        raise ValueError(f"max_concurrency must be at least 1; got {max_concurrency}.")
+    ids = [p.id for p in problems]
+    if len(set(ids)) != len(ids):
+        raise ValueError("Problem ids must be unique within a run; got duplicates.")
+    async with _saver(graph, checkpointer, db_path, run_id) as compiled:
+        limit = asyncio.Semaphore(max_concurrency)
+        bar = tqdm(total=len(problems), desc=f"debates {run_id}", disable=not progress)
+
+        async def one(problem: Problem) -> DebateResult:
+            async with limit:
+                result = await _debate(compiled, problem, run_id, dict(metadata or {}), callbacks)
+            bar.update()
+            return result
+
+        try:
+            return list(await asyncio.gather(*(one(p) for p in problems)))
+        finally:
+            bar.close()
+
+
+async def _debate(
+    graph: CompiledStateGraph,
+    problem: Problem,
+    run_id: str,
+    metadata: dict[str, Any],
+    callbacks: Callbacks,
+) -> DebateResult:
+    config: Any = {
+        "configurable": {"thread_id": thread_id(run_id, problem.id)},
+        "metadata": {**metadata, "run_id": run_id, "problem_id": problem.id},
+        "callbacks": callbacks,
+    }
+    snapshot = await graph.aget_state(config)
+    saved = snapshot.values
+    if saved and saved.get("question") != problem.question:
+        raise ValueError(
+            f"Run {run_id!r} already holds a different question under problem id "
+            f"{problem.id!r}; use a new run_id (or run directory) for a different problem set."
+        )
+    try:
+        if not saved:
+            start = DebateInput(
+                problem_id=problem.id, question=problem.question, reference=problem.answer
+            )
+            saved = await graph.ainvoke(start, config, durability="sync")
+        elif snapshot.next:  # interrupted: finish from the last saved step
+            saved = await graph.ainvoke(None, config, durability="sync")
+    except Exception as exc:  # one bad problem must not sink the run
+        return DebateResult(problem.id, problem.question, problem.answer, error=_describe(exc))
+    return DebateResult(
+        problem_id=problem.id,
+        question=problem.question,
+        reference=problem.answer,
+        consensus=saved.get("consensus"),
+        consensus_fraction=saved.get("consensus_fraction", 0.0),
+        correct=saved.get("correct"),
+        responses=saved.get("responses", []),
+        summaries=saved.get("summaries", []),
+    )
+
+
+@contextlib.asynccontextmanager
+async def _saver(
+    graph: StateGraph | CompiledStateGraph,
+    checkpointer: BaseCheckpointSaver | None,
+    db_path: str | Path | None,
+    run_id: str,
+) -> AsyncIterator[CompiledStateGraph]:
+    if isinstance(graph, CompiledStateGraph):
+        if graph.checkpointer not in (None, False, True) and checkpointer is None:
+            yield graph
+            return
+        graph = graph.builder
+    if checkpointer is not None:
+        yield graph.compile(checkpointer=checkpointer)
+        return
+    path = Path(db_path) if db_path is not None else Path("runs") / run_id / "debates.sqlite"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
+        yield graph.compile(checkpointer=saver)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

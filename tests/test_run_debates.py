@@ -1,0 +1,90 @@
+"""Durable runs: SQLite threads, skipping finished debates, resuming a killed process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fakes import EchoTask, ScriptedModel
+from mafl_graph import Society, create_debate_graph, run_debates, summarize_debates
+
+HERE = Path(__file__).parent
+CALLS_PER_PROBLEM = 3 + 3 + 3  # generators, summaries, critics
+
+
+def worker(tmp_path: Path, n: int, die_at: int | None = None) -> subprocess.CompletedProcess:
+    args = [sys.executable, str(HERE / "debate_worker.py"), str(tmp_path / "d.sqlite"),
+            str(tmp_path / "calls.log"), str(n)] + ([str(die_at)] if die_at else [])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])}
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+
+
+def logged_calls(tmp_path: Path) -> int:
+    log = tmp_path / "calls.log"
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def test_second_run_skips_finished_debates(tmp_path: Path) -> None:
+    model = ScriptedModel(reply=lambda m: "\\boxed{1}")
+    task = EchoTask(["1", "2", "1"])
+    graph = create_debate_graph(Society.from_model(model), task)
+    db = tmp_path / "runs.sqlite"
+    first = run_debates(graph, task.load("test"), run_id="r", db_path=db, progress=False)
+    assert len(model.calls) == 3 * CALLS_PER_PROBLEM
+    assert [r.correct for r in first] == [True, False, True]
+    second = run_debates(graph, task.load("test"), run_id="r", db_path=db, progress=False)
+    assert len(model.calls) == 3 * CALLS_PER_PROBLEM  # nothing asked twice
+    assert second == first
+    summary = summarize_debates(second, task)
+    assert (summary.accuracy.correct, summary.accuracy.n) == (2, 3)
+    assert summary.consensus == 1.0
+    # a new run id is a new set of threads in the same file
+    run_debates(graph, task.load("test", 1), run_id="other", db_path=db, progress=False)
+    assert len(model.calls) == 4 * CALLS_PER_PROBLEM
+
+
+def test_a_different_question_under_a_known_id_is_refused(tmp_path: Path) -> None:
+    graph = create_debate_graph(Society.from_model(ScriptedModel()), EchoTask())
+    db = tmp_path / "runs.sqlite"
+    run_debates(graph, EchoTask().load("test", 1), run_id="r", db_path=db, progress=False)
+    changed = [EchoTask().load("test", 1)[0].__class__("echo-0", "another question", "1")]
+    with pytest.raises(ValueError, match="different question under problem id 'echo-0'"):
+        run_debates(graph, changed, run_id="r", db_path=db, progress=False)
+
+
+def test_a_failing_problem_is_reported_and_the_others_finish(tmp_path: Path) -> None:
+    def reply(messages) -> str:
+        if "q1" in messages[0].text:
+            raise ValueError("this problem always breaks the model")
+        return "\\boxed{1}"
+
+    task = EchoTask(["1", "1", "1"])
+    graph = create_debate_graph(Society.from_model(ScriptedModel(reply=reply)), task)
+    results = run_debates(graph, task.load("test"), run_id="f", db_path=tmp_path / "f.sqlite",
+                          progress=False)
+    assert [r.ok for r in results] == [True, False, True]
+    assert "always breaks the model" in (results[1].error or "")
+    assert results[1].correct is None
+    assert summarize_debates(results, task).accuracy.correct == 2
+
+
+@pytest.mark.parametrize("die_at", [2, 13, 30])
+def test_killed_run_resumes_without_repeating_a_finished_call(tmp_path: Path, die_at: int) -> None:
+    n = 4
+    killed = worker(tmp_path, n, die_at)
+    assert killed.returncode == -9, killed.stderr
+    assert logged_calls(tmp_path) < n * CALLS_PER_PROBLEM
+    resumed = worker(tmp_path, n)
+    assert resumed.returncode == 0, resumed.stderr
+    assert logged_calls(tmp_path) == n * CALLS_PER_PROBLEM
+
+    reference_dir = tmp_path / "uninterrupted"
+    reference_dir.mkdir()
+    uninterrupted = worker(reference_dir, n)
+    assert resumed.stdout == uninterrupted.stdout
+    assert worker(tmp_path, n).stdout == resumed.stdout
+    assert logged_calls(tmp_path) == n * CALLS_PER_PROBLEM  # a finished run asks nothing
