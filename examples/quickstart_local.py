@@ -17,6 +17,8 @@ results = run_debates(
 )
 for result in results:
     answers = [r["answer"] for r in result.responses if r["round"] == 2]
-    print(f"{result.question} = {result.reference}: agents said {answers}, "
-          f"consensus {result.consensus} ({'right' if result.correct else 'wrong'})")
+    print(
+        f"{result.question} = {result.reference}: agents said {answers}, "
+        f"consensus {result.consensus} ({'right' if result.correct else 'wrong'})"
+    )
 print("accuracy", summarize_debates(results, task).accuracy)

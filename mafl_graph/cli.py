@@ -21,7 +21,7 @@ app = typer.Typer(help="Multiagent fine-tuning on LangGraph.", no_args_is_help=T
 console = Console()
 
 # The demo's difficulty: see README "Choosing a difficulty" for what the model scores.
-DEMO = {
+DEMO: dict[str, Any] = {
     "task": "arithmetic",
     "terms": 2,
     "low": 0,

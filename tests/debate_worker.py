@@ -10,6 +10,7 @@ import json
 import sys
 
 from fakes import EchoTask, ScriptedModel
+
 from mafl_graph import Society, create_debate_graph, run_debates
 
 

@@ -103,6 +103,9 @@ class CallRecorder(BaseCallbackHandler):
 
     def on_chat_model_start(self, serialized: Any, messages: Any, **kwargs: Any) -> None:
         self.runs.append(
-            {"name": kwargs.get("name"), "tags": kwargs.get("tags") or [],
-             "metadata": kwargs.get("metadata") or {}}
+            {
+                "name": kwargs.get("name"),
+                "tags": kwargs.get("tags") or [],
+                "metadata": kwargs.get("metadata") or {},
+            }
         )

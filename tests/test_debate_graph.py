@@ -6,9 +6,9 @@ import asyncio
 import re
 
 import pytest
+from fakes import CallRecorder, EchoTask, ScriptedModel
 from langgraph.checkpoint.memory import InMemorySaver
 
-from fakes import CallRecorder, EchoTask, ScriptedModel
 from mafl_graph import Society, create_debate_graph, run_debates
 from mafl_graph.society import Agent
 
@@ -35,7 +35,13 @@ def test_topology_has_the_named_nodes_and_real_edges() -> None:
     graph = create_debate_graph(Society.from_model(ScriptedModel()), EchoTask()).compile()
     drawn = graph.get_graph()
     assert set(drawn.nodes) == {
-        "__start__", "generate", "next_round", "summarize", "critique", "vote", "__end__"
+        "__start__",
+        "generate",
+        "next_round",
+        "summarize",
+        "critique",
+        "vote",
+        "__end__",
     }
     edges = {(e.source, e.target) for e in drawn.edges}
     assert edges == {
@@ -55,7 +61,9 @@ def test_round_count_and_roles(rounds: int, summarize: bool) -> None:
     gens = [ScriptedModel(label=f"gen{i}", reply=boxed("1")) for i in range(3)]
     crits = [ScriptedModel(label=f"crit{i}", reply=boxed("1")) for i in range(3)]
     summarizer = ScriptedModel(label="summ", reply=lambda m: "they agree")
-    agents = tuple(Agent(f"agent{i}", g, c) for i, (g, c) in enumerate(zip(gens, crits)))
+    agents = tuple(
+        Agent(f"agent{i}", g, c) for i, (g, c) in enumerate(zip(gens, crits, strict=True))
+    )
     society = Society(agents=agents, summarizer=summarizer)
     state = debate(society, rounds=rounds, summarize=summarize)
 
@@ -83,7 +91,8 @@ def test_responses_keep_the_exact_conversation() -> None:
             previous = by_key[(agent, round_ - 1)]
             assert r["messages"][: len(previous["messages"])] == previous["messages"]
             assert r["messages"][len(previous["messages"])] == {
-                "role": "assistant", "content": previous["text"]
+                "role": "assistant",
+                "content": previous["text"],
             }
 
 
@@ -120,7 +129,9 @@ def test_tie_break_is_seeded_not_string_order() -> None:
         seed: debate(society_of(*models), rounds=1, seed=seed)["consensus"] for seed in range(20)
     }
     assert set(winners.values()) == {"7", "5"}
-    again = {seed: debate(society_of(*models), rounds=1, seed=seed)["consensus"] for seed in winners}
+    again = {
+        seed: debate(society_of(*models), rounds=1, seed=seed)["consensus"] for seed in winners
+    }
     assert again == winners
 
 

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from fakes import EchoTask, ScriptedModel
+
 from mafl_graph import Society, create_debate_graph, run_debates, summarize_debates
 
 HERE = Path(__file__).parent
@@ -17,8 +17,13 @@ CALLS_PER_PROBLEM = 3 + 3 + 3  # generators, summaries, critics
 
 
 def worker(tmp_path: Path, n: int, die_at: int | None = None) -> subprocess.CompletedProcess:
-    args = [sys.executable, str(HERE / "debate_worker.py"), str(tmp_path / "d.sqlite"),
-            str(tmp_path / "calls.log"), str(n)] + ([str(die_at)] if die_at else [])
+    args = [
+        sys.executable,
+        str(HERE / "debate_worker.py"),
+        str(tmp_path / "d.sqlite"),
+        str(tmp_path / "calls.log"),
+        str(n),
+    ] + ([str(die_at)] if die_at else [])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])}
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
 
@@ -64,8 +69,9 @@ def test_a_failing_problem_is_reported_and_the_others_finish(tmp_path: Path) -> 
 
     task = EchoTask(["1", "1", "1"])
     graph = create_debate_graph(Society.from_model(ScriptedModel(reply=reply)), task)
-    results = run_debates(graph, task.load("test"), run_id="f", db_path=tmp_path / "f.sqlite",
-                          progress=False)
+    results = run_debates(
+        graph, task.load("test"), run_id="f", db_path=tmp_path / "f.sqlite", progress=False
+    )
     assert [r.ok for r in results] == [True, False, True]
     assert "always breaks the model" in (results[1].error or "")
     assert results[1].correct is None

@@ -31,6 +31,7 @@ from mafl_graph.models import model_label
 from mafl_graph.society import Society
 from mafl_graph.tasks.base import Problem, Task
 
+
 @dataclass(frozen=True)
 class _Call:
     """One planned model call: who makes it, with what messages."""
@@ -40,6 +41,7 @@ class _Call:
     role: Role
     agent: int
     round: int
+
 
 class DebateNodes:
     """The node functions of one debate graph, bound to its society, task and settings."""
@@ -100,7 +102,9 @@ class DebateNodes:
 
     def _plan_summary(self, turn: AgentTurn) -> _Call:
         others = self._others(turn)
-        prompt = self.prompts.summarize.format_messages(answers=format_answers(self.prompts, others))
+        prompt = self.prompts.summarize.format_messages(
+            answers=format_answers(self.prompts, others)
+        )
         return _Call(
             model=self.society.summarizer,
             messages=_to_turns(prompt),
@@ -111,7 +115,7 @@ class DebateNodes:
 
     def _plan_critique(self, turn: AgentTurn) -> _Call:
         agent, round_ = turn["agent"], turn["round"]
-        own = latest_responses(turn["state"], round_ - 1)[agent]
+        own = next(r for r in latest_responses(turn["state"], round_ - 1) if r["agent"] == agent)
         summary = turn.get("summary")
         if summary is not None:
             prompt = self.prompts.debate_with_summary.format_messages(summary=summary)
@@ -145,12 +149,12 @@ class DebateNodes:
 
         def run(turn: AgentTurn, config: RunnableConfig) -> Any:
             call = plan(turn)
-            reply = call.model.invoke(call.messages, _call_config(call, turn, config))
+            reply = call.model.invoke(_as_input(call), _call_config(call, turn, config))
             return finish(turn, self._response(call, reply))
 
         async def arun(turn: AgentTurn, config: RunnableConfig) -> Any:
             call = plan(turn)
-            reply = await call.model.ainvoke(call.messages, _call_config(call, turn, config))
+            reply = await call.model.ainvoke(_as_input(call), _call_config(call, turn, config))
             return finish(turn, self._response(call, reply))
 
         # RunnableLambda with both paths: graph.invoke and graph.ainvoke each get a native one.
@@ -189,8 +193,10 @@ class DebateNodes:
             "correct": correct,
         }
 
+
 def _append_response(turn: AgentTurn, response: Response) -> dict[str, list[Response]]:
     return {"responses": [response]}
+
 
 def _forward_summary(turn: AgentTurn, summary: Response) -> Command[Any]:
     """Record the summary and hand it straight to the same agent's critique."""
@@ -199,9 +205,15 @@ def _forward_summary(turn: AgentTurn, summary: Response) -> Command[Any]:
     )
     return Command(update={"summaries": [summary]}, goto=Send("critique", critique))
 
+
 def _to_turns(messages: list[BaseMessage]) -> list[ChatTurn]:
     roles = {"human": "user", "ai": "assistant", "system": "system"}
     return [ChatTurn(role=roles[m.type], content=m.text) for m in messages]  # type: ignore[typeddict-item]
+
+
+def _as_input(call: _Call) -> list[dict[str, Any]]:
+    return [dict(turn) for turn in call.messages]
+
 
 def _call_config(call: _Call, turn: AgentTurn, config: RunnableConfig) -> RunnableConfig:
     """LangSmith-ready name, tags and metadata for one model call."""

@@ -23,7 +23,10 @@ class Problem:
 class Task(Protocol):
     """A family of problems: how to load them, ask them and grade the answers."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """A short identifier ("arithmetic", "gsm8k", …) for manifests and problem ids."""
+        ...
 
     def load(self, split: str, n: int | None = None) -> list[Problem]:
         """The first ``n`` problems of ``split`` ("train" or "test"), always in the same order."""

@@ -1,0 +1,125 @@
+"""LocalChatModel: the embedded model as a LangChain chat model, so a Society can use it
+exactly like Gemini or OpenAI (swapping them changes a string, not the graph).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LangSmithParams
+from langchain_core.messages import AIMessage, BaseMessage, ChatMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from pydantic import field_validator
+
+from mafl_graph.local.loading import SMOLLM2_ALIAS, LocalEngine, check_dtype, load_local_model
+
+_ROLES = {"system": "system", "human": "user", "ai": "assistant"}
+_CALL_OPTIONS = ("temperature", "top_p", "max_new_tokens", "seed")
+
+
+class LocalChatModel(BaseChatModel):
+    """A chat model running in this process on a local model (SmolLM2-135M by default).
+
+    Construction is cheap: the weights are loaded on the first call and shared through
+    :func:`load_local_model`, so every agent, copy (``model_copy(update={"seed": 1})``) and
+    thread asking for the same ``model_path`` and ``dtype`` uses one base in memory.
+    ``temperature``, ``top_p``, ``max_new_tokens`` and ``seed`` can be overridden per call
+    (``model.invoke(messages, seed=3)`` or ``model.bind(temperature=0)``).
+    """
+
+    model_path: str = SMOLLM2_ALIAS
+    """``"smollm2"``, a ``.gguf`` file or a local Hugging Face model directory."""
+    temperature: float = 0.7
+    """0 means greedy decoding; above 0, sampling."""
+    top_p: float = 0.95
+    max_new_tokens: int = 256
+    seed: int | None = 0
+    """Seeds each sampled call, so a run can be replayed; None for fresh randomness."""
+    dtype: str = "float32"
+    """Weights in memory: float32 (fastest for one stream on CPU) or bfloat16/float16."""
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, dtype: str) -> str:
+        return check_dtype(dtype)
+
+    @property
+    def _llm_type(self) -> str:
+        return "mafl-local"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "model_path": self.model_path,
+            "dtype": self.dtype,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_new_tokens": self.max_new_tokens,
+            "seed": self.seed,
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider="mafl-local",
+            ls_model_name=self.model_path,
+            ls_model_type="chat",
+            ls_temperature=kwargs.get("temperature", self.temperature),
+            ls_max_tokens=kwargs.get("max_new_tokens", self.max_new_tokens),
+        )
+        if stop:
+            params["ls_stop"] = stop
+        return params
+
+    @property
+    def engine(self) -> LocalEngine:
+        """The shared engine (loading, and on first ever use converting, the model)."""
+        return load_local_model(self.model_path, self.dtype)
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        unknown = set(kwargs) - set(_CALL_OPTIONS)
+        if unknown:
+            raise TypeError(
+                f"LocalChatModel got unsupported call options {sorted(unknown)}; "
+                f"it accepts {', '.join(_CALL_OPTIONS)} and stop."
+            )
+        options = {name: kwargs.get(name, getattr(self, name)) for name in _CALL_OPTIONS}
+        result = self.engine.generate(to_chatml(messages), stop=stop, **options)
+        message = AIMessage(
+            content=result.text,
+            usage_metadata={
+                "input_tokens": result.input_tokens,
+                "output_tokens": result.output_tokens,
+                "total_tokens": result.input_tokens + result.output_tokens,
+            },
+            response_metadata={
+                "model_name": self.model_path,
+                "finish_reason": result.finish_reason,
+            },
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def to_chatml(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
+    """LangChain messages as ChatML ``{"role", "content"}`` dicts (system, user, assistant).
+
+    Tool calls and other roles have no place in the small model's chat template, so they are
+    refused rather than silently dropped.
+    """
+    chatml = []
+    for message in messages:
+        role = message.role if isinstance(message, ChatMessage) else _ROLES.get(message.type)
+        if role not in ("system", "user", "assistant"):
+            raise ValueError(
+                f"LocalChatModel cannot send a {message.type!r} message "
+                f"(role {role!r}); use system, human or AI messages."
+            )
+        chatml.append({"role": role, "content": message.text})
+    return chatml

@@ -1,0 +1,97 @@
+"""Reading task data from local JSON Lines files (or the hub) through ``datasets``.
+
+Local files come first, so an offline machine never reaches for the network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets.exceptions import DatasetGenerationError
+
+DATA_DIR_ENV = "MAFL_DATA_DIR"
+
+
+def local_file(
+    split: str, data_files: Mapping[str, str] | None, data_dir: str | None, subdir: str
+) -> str | None:
+    """The local JSONL file for ``split``, or None to use the hub.
+
+    A file that was asked for (through ``data_files``, ``data_dir`` or ``$MAFL_DATA_DIR``) but
+    is missing is an error, not a silent trip to the network.
+    """
+    if data_files is not None:
+        if split not in data_files:
+            raise ValueError(
+                f"no data file for split {split!r}: data_files has {sorted(data_files)}; "
+                f"add {split!r}: 'path/to/{split}.jsonl'"
+            )
+        path = Path(data_files[split])
+    else:
+        root = data_dir or os.environ.get(DATA_DIR_ENV)
+        if not root:
+            return None
+        path = Path(root) / subdir / f"{split}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist; pass data_files={{{split!r}: 'path/to/{split}.jsonl'}}, "
+            f"point data_dir or ${DATA_DIR_ENV} at a folder with {subdir}/{split}.jsonl, "
+            "or leave all three unset to load from the Hugging Face hub"
+        )
+    return str(path)
+
+
+def read_rows(path: str, n: int | None) -> list[dict[str, Any]]:
+    """The first ``n`` rows of a local JSON Lines file, read through ``datasets``.
+
+    ``Dataset.from_json`` rather than ``load_dataset("json", ...)``: the latter sends a
+    download-count request to the hub on every call, even for local files.
+    """
+    try:
+        table = datasets.Dataset.from_json(path)
+    except DatasetGenerationError as error:
+        raise ValueError(f"{path}: {_first_bad_line(path)}; fix or remove that line") from error
+    return first_rows(table, n)
+
+
+def require_fields(
+    row: Mapping[str, Any], fields: tuple[str, str], source: str, index: int
+) -> tuple[str, str]:
+    """The two text fields of ``row``, or an error naming the file, row and missing field."""
+    values = []
+    for field in fields:
+        value = row.get(field)
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(
+                f"{source}, row {index}: field {field!r} is missing or not text "
+                f"(got {value!r}); every row needs string fields {list(fields)}"
+            )
+        values.append(value)
+    return values[0], values[1]
+
+
+def first_rows(table: datasets.Dataset, n: int | None) -> list[dict[str, Any]]:
+    """The first ``n`` rows (all when ``n`` is None) as plain dicts."""
+    if n is not None:
+        table = table.select(range(min(n, len(table))))
+    return list(table)
+
+
+def _first_bad_line(path: str) -> str:
+    """Why ``datasets`` could not read ``path``, found by parsing it line by line."""
+    with open(path, encoding="utf-8") as handle:
+        for i, line in enumerate(handle):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                return f"line {i + 1} is not valid JSON ({error})"
+            if not isinstance(row, dict):
+                return f"line {i + 1} is not a JSON object"
+    return "the rows do not share one schema (a field changes type between rows)"
