@@ -11,7 +11,14 @@ from mafl_graph.debate import (
     run_debates,
 )
 from mafl_graph.evaluate import Accuracy, DebateSummary, accuracy, summarize_debates
-from mafl_graph.grading import Vote, extract_boxed, is_equivalent, last_number, majority_vote
+from mafl_graph.grading import (
+    Vote,
+    extract_boxed,
+    extract_number,
+    is_equivalent,
+    last_number,
+    majority_vote,
+)
 from mafl_graph.models import resolve_model
 from mafl_graph.society import Agent, Society
 from mafl_graph.tasks import GSM8K, MATH, Arithmetic, Problem, Task, get_task
@@ -36,6 +43,7 @@ __all__ = [
     "arun_debates",
     "create_debate_graph",
     "extract_boxed",
+    "extract_number",
     "get_task",
     "is_equivalent",
     "last_number",

@@ -72,6 +72,18 @@ def last_number(text: str) -> str | None:
     return numbers[-1].replace(",", "") if numbers else None
 
 
+def extract_number(text: str) -> str | None:
+    """The boxed answer if it is a number, else the last number in ``text``.
+
+    Small models often copy the prompt's ``\\boxed{answer}`` literally; a box without a number
+    in it states no numeric answer, so the last-number fallback decides instead.
+    """
+    boxed = extract_boxed(text)
+    if boxed is not None and to_number(boxed) is not None:
+        return boxed
+    return last_number(text)
+
+
 def to_number(text: str) -> Fraction | None:
     """``text`` as an exact number if it is a plain decimal or ``a/b`` fraction, else None.
 

@@ -11,11 +11,13 @@ import pytest
 from mafl_graph.grading import (
     Vote,
     extract_boxed,
+    extract_number,
     is_equivalent,
     last_number,
     majority_vote,
     to_number,
 )
+from mafl_graph.tasks import Arithmetic
 
 # Pure-Python sympy work that runs for minutes unless interrupted.
 SLOW = r"\sum_{k=1}^{9999} k^{k}"
@@ -154,3 +156,10 @@ def test_vote_ties_are_seeded_not_by_string_order() -> None:
         assert majority_vote(answers, seed=seed).answer == winner
     assert majority_vote(answers, seed="problem-17") == majority_vote(answers, seed="problem-17")
     assert majority_vote(answers).fraction == 0.4
+
+
+def test_a_box_without_a_number_falls_back_to_the_last_number() -> None:
+    assert extract_number("so \\boxed{answer} is the result of 18 and 19") == "19"
+    assert extract_number("The sum is 12, so \\boxed{13}") == "13"
+    assert extract_number("\\boxed{answer}") is None
+    assert Arithmetic(terms=2).extract_answer("use \\boxed{answer}: it is 7") == "7"

@@ -147,17 +147,6 @@ def test_to_chatml_roles():
 # ------------------------------------------------------------ the real model (integration)
 
 
-@pytest.fixture(scope="session")
-def engine() -> LocalEngine:
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    try:
-        smollm2_gguf_path()
-    except FileNotFoundError as error:
-        pytest.skip(str(error))
-    return load_local_model()
-
-
 @pytest.fixture
 def model(engine: LocalEngine) -> LocalChatModel:
     return LocalChatModel(max_new_tokens=16)

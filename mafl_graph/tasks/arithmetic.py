@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 from typing import ClassVar
 
-from mafl_graph.grading import extract_boxed, last_number, to_number
+from mafl_graph.grading import extract_number, to_number
 from mafl_graph.tasks.base import Problem
 
 SPLITS = ("train", "test")
@@ -83,8 +83,8 @@ class Arithmetic:
         )
 
     def extract_answer(self, text: str) -> str | None:
-        """The boxed answer, else the last number in the reply."""
-        return extract_boxed(text) or last_number(text)
+        """The boxed number, else the last number in the reply."""
+        return extract_number(text)
 
     def is_equivalent(self, answer: str, reference: str) -> bool:
         """Exact numeric equality ("42", "42.0" and "84/2" all match 42)."""

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import datasets
 
-from mafl_graph.grading import extract_boxed, is_equivalent, last_number
+from mafl_graph.grading import extract_number, is_equivalent
 from mafl_graph.tasks.base import Problem
 from mafl_graph.tasks.files import first_rows, local_file, read_rows, require_fields
 
@@ -54,8 +54,8 @@ class GSM8K:
         )
 
     def extract_answer(self, text: str) -> str | None:
-        """The boxed answer, else the last number in the reply."""
-        return extract_boxed(text) or last_number(text)
+        """The boxed number, else the last number in the reply."""
+        return extract_number(text)
 
     def is_equivalent(self, answer: str, reference: str) -> bool:
         """Equal by value (see :func:`mafl_graph.grading.is_equivalent`)."""
