@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mafl_graph.debate import create_debate_graph, run_debates
@@ -168,6 +170,134 @@ def _print_summary(
     table.add_row("consensus (agreement with the majority)", f"{100 * summary.consensus:.1f}%")
     table.add_row("failed debates", str(summary.failed))
     table.add_row("wall time", f"{seconds:.0f} s")
+    console.print(table)
+
+
+@app.command("datasets")
+def datasets_command(
+    run_dir: Annotated[Path, Opt(help="a run directory written by `mafl debate`")] = Path(
+        "runs/debate"
+    ),
+    w: Annotated[float, Opt(help="share of D_C- (first answer wrong) in each critic's set")] = (
+        0.67
+    ),
+    target: Annotated[str, Opt(help="consensus (the paper) or reference (ground truth)")] = (
+        "consensus"
+    ),
+    fmt: Annotated[str, Opt("--format", help="openai, vertex, hf or all")] = "all",
+    seed: Annotated[int, Opt(help="seed for the critic mix and the example order")] = 0,
+    min_examples: Annotated[
+        int | None, Opt(help="examples a file needs (default: each provider's minimum)")
+    ] = None,
+) -> None:
+    """Build every agent's generator and critic datasets from a run's debates, validate, export.
+
+    Writes <run-dir>/datasets/<agent>-<role>.{openai.jsonl,vertex.jsonl,hf-messages,
+    hf-prompt-completion} and stats.json; exits 1 listing every bad line if a file would be
+    rejected by its provider.
+    """
+    # Imported here so that `mafl debate` does not pay for the `datasets` library at startup.
+    from mafl_graph.finetune.datasets import TARGETS, Target, build_datasets, check_w
+    from mafl_graph.finetune.export import FORMATS, export_datasets
+    from mafl_graph.traces import read_traces_sqlite
+
+    formats = list(FORMATS) if fmt == "all" else [fmt]
+    try:
+        check_w(w)
+        if target not in TARGETS:
+            raise ValueError(f"--target must be one of {', '.join(TARGETS)}; got {target!r}.")
+        if fmt != "all" and fmt not in FORMATS:
+            raise ValueError(f"--format must be one of {', '.join(FORMATS)} or all; got {fmt!r}.")
+        settings = _run_settings(run_dir)
+        the_task = get_task(settings["task"], **settings.get("task_options", {}))
+        traces = read_traces_sqlite(run_dir / "debates.sqlite", "debate")
+        if not traces.traces:
+            raise ValueError(f"{run_dir} holds no finished debate; run `mafl debate` first.")
+        agents = settings.get("agents")
+        chosen: Target = "reference" if target == "reference" else "consensus"
+        other: Target = "consensus" if chosen == "reference" else "reference"
+        built = build_datasets(traces, the_task, w=w, target=chosen, seed=seed, n_agents=agents)
+        variant = {}
+        if other == "consensus" or any(t.reference is not None for t in traces):
+            variant = build_datasets(
+                traces, the_task, w=w, target=other, seed=seed, n_agents=agents
+            )
+        result = export_datasets(
+            built.values(), run_dir / "datasets", formats=formats, min_examples=min_examples
+        )
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+    report = {
+        "run_dir": str(run_dir),
+        "task": settings["task"],
+        "w": w,
+        "target": target,
+        "seed": seed,
+        "formats": formats,
+        "debates": len(traces),
+        "unfinished": [dataclasses.asdict(u) for u in traces.unfinished],
+        "datasets": {d.name: d.stats.as_dict() for d in built.values()},
+        f"examples_with_target_{other}": {d.name: d.stats.examples for d in variant.values()},
+        "valid": result.ok,
+        "issues": {str(p): [str(i) for i in issues] for p, issues in result.failed.items()},
+    }
+    (run_dir / "datasets" / "stats.json").write_text(json.dumps(report, indent=2) + "\n")
+    _print_dataset_stats(report, target, other, traces.unfinished)
+    if not result.ok:
+        for path, issues in result.failed.items():
+            console.print(f"[red]{escape(str(path))}[/red]: {len(issues)} problem(s)")
+            for issue in issues:
+                console.print(f"  {escape(str(issue))}")
+        console.print("[red]Validation failed: fix the data (or the limits) and run again.[/red]")
+        raise typer.Exit(1)
+    console.print(f"Wrote {len(result.written)} datasets to {run_dir / 'datasets'}.")
+
+
+def _run_settings(run_dir: Path) -> dict[str, Any]:
+    """The settings a run was made with, from its manifest (how the task is rebuilt)."""
+    manifest = run_dir / "manifest.json"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest} not found; is {run_dir} a `mafl debate` run?")
+    try:
+        settings: dict[str, Any] = json.loads(manifest.read_text())["settings"]
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise ValueError(f"{manifest} is unreadable ({exc}).") from exc
+    return settings
+
+
+def _print_dataset_stats(
+    report: dict[str, Any], target: str, other: str, unfinished: list[Any]
+) -> None:
+    if unfinished:
+        shown = ", ".join(
+            f"{u.problem_id}" + (f" ({u.error})" if u.error else "") for u in unfinished[:10]
+        )
+        more = f" and {len(unfinished) - 10} more" if len(unfinished) > 10 else ""
+        console.print(
+            f"[yellow]{len(unfinished)} unfinished debate(s) skipped:[/yellow] "
+            f"{escape(shown)}{more}"
+        )
+    table = Table(
+        title=f"{report['debates']} debates · target {target} · w={report['w']}",
+        caption="D_C-, D_C+: used/available; tokens: mean per example (estimated); "
+        "trained: its weight-1 turns",
+    )
+    table.add_column("dataset", no_wrap=True)
+    for column in ("size", "D_C-", "D_C+", "tokens", "trained", f"size if {other}"):
+        table.add_column(column, justify="right")
+    others = report[f"examples_with_target_{other}"]
+    for name, s in report["datasets"].items():
+        critic = s["role"] == "critic"
+        table.add_row(
+            name,
+            str(s["examples"]),
+            f"{s['used_wrong_first']}/{s['wrong_first']}" if critic else "",
+            f"{s['used_right_first']}/{s['right_first']}" if critic else "",
+            f"{s['mean_tokens']:.0f}",
+            f"{s['mean_trained_tokens']:.0f}",
+            str(others.get(name, "n/a")),
+        )
     console.print(table)
 
 

@@ -161,7 +161,7 @@ def test_every_model_call_is_named_tagged_and_carries_metadata() -> None:
     assert names == ["critic[0]", "critic[1]", "generator[0]", "generator[1]"] + ["summarizer"] * 2
     for run in recorder.runs:
         meta = run["metadata"]
-        assert meta["run_id"] == "trace" and meta["problem_id"] == "echo-0"
+        assert meta["mafl_run_id"] == "trace" and meta["problem_id"] == "echo-0"
         assert meta["iteration"] == 3
         assert f"role:{meta['role']}" in run["tags"]
         assert f"agent:{meta['agent']}" in run["tags"]

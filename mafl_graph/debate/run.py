@@ -44,6 +44,11 @@ class DebateResult:
         return self.error is None
 
 
+# The metadata key that names a run in checkpoints and traces. Not "run_id": LangGraph reads
+# that key to decide whether new input re-enters an ongoing run and would ignore the input.
+RUN_KEY = "mafl_run_id"
+
+
 def thread_id(run_id: str, problem_id: str) -> str:
     return f"{run_id}/{problem_id}"
 
@@ -135,7 +140,7 @@ async def _debate(
 ) -> DebateResult:
     config: Any = {
         "configurable": {"thread_id": thread_id(run_id, problem.id)},
-        "metadata": {**metadata, "run_id": run_id, "problem_id": problem.id},
+        "metadata": {**metadata, RUN_KEY: run_id, "problem_id": problem.id},
         "callbacks": callbacks,
     }
     snapshot = await graph.aget_state(config)
