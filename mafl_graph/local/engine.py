@@ -1,0 +1,236 @@
+"""One local model in memory serving every agent: batched generation and per-agent adapters.
+
+All agents of a society (and every copy of a chat model) share one :class:`LocalEngine` per
+model and dtype. Requests from any thread or event loop go to its :class:`BatchScheduler`;
+LoRA adapters are loaded into the same base with PEFT (the base is not copied) and rows naming
+different adapters share a batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+from mafl_graph.local.batching import BASE_ADAPTER, BatchScheduler, Request
+from mafl_graph.local.loading import (
+    SMOLLM2_ALIAS,
+    check_dtype,
+    prepare_model_dir,
+    resolve_source,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+FinishReason = Literal["stop", "length"]
+DEFAULT_BATCH_SIZE = 64
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What one call to :meth:`LocalEngine.generate` produced."""
+
+    text: str
+    input_tokens: int
+    output_tokens: int
+    finish_reason: FinishReason
+
+
+class LocalEngine:
+    """A tokenizer and a causal LM in eval mode, served through a batching scheduler."""
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        model: PreTrainedModel,
+        *,
+        name: str,
+        max_batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.model = model.eval()
+        self.name = name
+        self._model_lock = threading.Lock()  # held around forward passes and adapter loads
+        self._tokenizer_lock = threading.Lock()  # the fast tokenizer is not thread-safe
+        self._peft: Any = None
+        self._adapters: dict[Path, str] = {}
+        pad = tokenizer.pad_token_id
+        self.scheduler = BatchScheduler(
+            self._forward,
+            self._decode,
+            eos_ids=self._eos_ids(),
+            pad_id=int(pad if pad is not None else min(self._eos_ids())),
+            lock=self._model_lock,
+            max_batch_size=max_batch_size,
+        )
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path, *, dtype: str = "float32") -> LocalEngine:
+        """Load a local Hugging Face model directory (never the hub) in ``dtype``."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model_dir = Path(model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=getattr(torch, check_dtype(dtype)), local_files_only=True
+        )
+        return cls(tokenizer, model, name=model_dir.name)
+
+    @property
+    def context_window(self) -> int:
+        """Most tokens (prompt + reply) the model was trained to attend over."""
+        return int(self.model.config.max_position_embeddings)
+
+    def generate(self, messages: list[dict[str, str]], **options: Any) -> Generation:
+        """Reply to ChatML ``messages`` (``{"role", "content"}`` dicts); see :meth:`request`."""
+        request = self.request(messages, **options)
+        try:
+            ids, reason = self.scheduler.submit(request).result()
+        except BaseException:
+            request.abandoned = True
+            raise
+        return self._finish(request, ids, reason)
+
+    async def agenerate(self, messages: list[dict[str, str]], **options: Any) -> Generation:
+        """:meth:`generate` without tying up a thread while the batch decodes."""
+        request = self.request(messages, **options)
+        try:
+            ids, reason = await asyncio.wrap_future(self.scheduler.submit(request))
+        except BaseException:  # cancelled: the row leaves its batch at the next step
+            request.abandoned = True
+            raise
+        return self._finish(request, ids, reason)
+
+    def request(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_new_tokens: int = 256,
+        temperature: float = 0.7,
+        top_p: float = 0.95,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+        adapter: str | Path | None = None,
+    ) -> Request:
+        """Validate and tokenize one generation request.
+
+        Samples iff ``temperature > 0``, from the request's own generator seeded with ``seed``,
+        so the same (seed, prompt) gives the same draws whatever else shares the batch. When the
+        prompt leaves fewer than ``max_new_tokens`` of context, the reply is capped at what is
+        left; a prompt that fills the window raises ``ValueError`` (for this request alone).
+        """
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise ValueError(
+                f"need temperature >= 0 and 0 < top_p <= 1, got {temperature=} and {top_p=}"
+            )
+        with self._tokenizer_lock:
+            ids = cast(
+                list[int],
+                self.tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=True, return_dict=False
+                ),
+            )
+        room = self.context_window - len(ids)
+        if room < 1:
+            raise ValueError(
+                f"The prompt is {len(ids)} tokens but {self.name} has a context window of "
+                f"{self.context_window} tokens: shorten the messages."
+            )
+        return Request(
+            prompt_ids=list(ids),
+            max_new_tokens=min(max_new_tokens, room),
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            stop=[s for s in stop or [] if s],
+            adapter=self.adapter_name(adapter) if adapter is not None else BASE_ADAPTER,
+        )
+
+    def adapter_name(self, path: str | Path) -> str:
+        """Load the LoRA adapter at ``path`` into the shared base (once) and return its name."""
+        directory = Path(path).expanduser().resolve()
+        if directory in self._adapters:
+            return self._adapters[directory]
+        if not (directory / "adapter_config.json").is_file():
+            raise FileNotFoundError(
+                f"No LoRA adapter at {str(path)!r} (expected adapter_config.json there); "
+                "pass a directory written by PEFT's save_pretrained."
+            )
+        from peft import PeftModel
+
+        with self._model_lock:
+            if directory not in self._adapters:
+                name = f"adapter{len(self._adapters)}"
+                if self._peft is None:
+                    # Injects LoRA layers into the base's modules in place: no copy of the base.
+                    self._peft = PeftModel.from_pretrained(self.model, directory, adapter_name=name)
+                else:
+                    self._peft.load_adapter(directory, adapter_name=name)
+                self._peft.eval()
+                self._adapters[directory] = name
+        return self._adapters[directory]
+
+    def _forward(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+        adapters: list[str],
+    ) -> tuple[torch.Tensor, Any]:
+        from transformers import DynamicCache
+
+        model, extra = self.model, {}
+        if self._peft is not None:
+            # Once adapters are injected, every row names one ("__base__" for none).
+            model, extra = self._peft, {"adapter_names": adapters}
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache if cache is not None else DynamicCache(),
+            use_cache=True,
+            logits_to_keep=1,
+            **extra,
+        )
+        return out.logits[:, -1, :], out.past_key_values
+
+    def _decode(self, ids: list[int]) -> str:
+        with self._tokenizer_lock:
+            return cast(str, self.tokenizer.decode(ids, skip_special_tokens=True))
+
+    def _finish(self, request: Request, ids: list[int], reason: str) -> Generation:
+        text = self._decode(ids)
+        cut = min((i for i in (text.find(s) for s in request.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            text = text[:cut]
+        finish: FinishReason = "length" if reason == "length" else "stop"
+        return Generation(text, len(request.prompt_ids), len(ids), finish)
+
+    def _eos_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        return {eos} if isinstance(eos, int) else set(eos or [])
+
+
+_engines: dict[tuple[Path, str], LocalEngine] = {}
+_engines_lock = threading.Lock()
+
+
+def load_local_model(source: str | Path = SMOLLM2_ALIAS, dtype: str = "float32") -> LocalEngine:
+    """The process-wide :class:`LocalEngine` for ``source`` in ``dtype`` (loaded on first use).
+
+    Every chat model, agent and copy asking for the same model shares one base in memory;
+    ``"smollm2"`` and the path of its GGUF are the same model.
+    """
+    key = (resolve_source(source), check_dtype(dtype))
+    with _engines_lock:
+        if key not in _engines:
+            _engines[key] = LocalEngine.from_dir(prepare_model_dir(key[0]), dtype=dtype)
+        return _engines[key]
