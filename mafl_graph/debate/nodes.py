@@ -12,7 +12,7 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
-from langchain_core.runnables import RunnableConfig, RunnableLambda
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from langchain_core.runnables.config import merge_configs
 from langgraph.types import Command, Send
 
@@ -144,7 +144,7 @@ class DebateNodes:
         name: str,
         plan: Callable[[AgentTurn], _Call],
         finish: Callable[[AgentTurn, Response], Any],
-    ) -> RunnableLambda:
+    ) -> Runnable:
         """A node that makes one planned call, runnable both sync and async."""
 
         def run(turn: AgentTurn, config: RunnableConfig) -> Any:
@@ -157,8 +157,7 @@ class DebateNodes:
             reply = await call.model.ainvoke(_as_input(call), _call_config(call, turn, config))
             return finish(turn, self._response(call, reply))
 
-        # RunnableLambda with both paths: graph.invoke and graph.ainvoke each get a native one.
-        return RunnableLambda(run, afunc=arun, name=name)  # type: ignore[arg-type]
+        return _node_runnable(run, arun, name)
 
     def _response(self, call: _Call, reply: BaseMessage) -> Response:
         text = reply.text if isinstance(reply.text, str) else str(reply.content)
@@ -192,6 +191,21 @@ class DebateNodes:
             "consensus_fraction": vote.fraction,
             "correct": correct,
         }
+
+
+def _node_runnable(run: Callable[..., Any], arun: Callable[..., Any], name: str) -> Runnable:
+    """A node with native sync and async paths (graph.invoke and graph.ainvoke each use theirs).
+
+    LangGraph's own RunnableCallable is what ``add_node`` makes of a plain function; it inspects
+    the signature once, where RunnableLambda does so on every call (a third of the graph's own
+    overhead per model call, measured by benchmarks/orchestration_overhead.py). It is internal,
+    so fall back to RunnableLambda if it ever moves.
+    """
+    try:
+        from langgraph._internal._runnable import RunnableCallable
+    except ImportError:  # pragma: no cover - depends on the installed langgraph
+        return RunnableLambda(run, afunc=arun, name=name)
+    return RunnableCallable(run, arun, name=name)
 
 
 def _append_response(turn: AgentTurn, response: Response) -> dict[str, list[Response]]:

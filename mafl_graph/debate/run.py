@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 from langchain_core.callbacks import Callbacks
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
@@ -189,8 +190,12 @@ async def _saver(
         return
     path = Path(db_path) if db_path is not None else Path("runs") / run_id / "debates.sqlite"
     path.parent.mkdir(parents=True, exist_ok=True)
-    async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
-        yield graph.compile(checkpointer=saver)
+    async with aiosqlite.connect(path) as conn:
+        # WAL (set by the saver) with synchronous=NORMAL survives a killed process, which is
+        # what resuming needs; FULL would also fsync on every saved answer, and that fsync was
+        # most of the runner's overhead (benchmarks/orchestration_overhead.py).
+        await conn.execute("PRAGMA synchronous=NORMAL")
+        yield graph.compile(checkpointer=AsyncSqliteSaver(conn))
 
 
 def _describe(exc: BaseException) -> str:

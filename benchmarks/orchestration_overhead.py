@@ -1,0 +1,94 @@
+"""P2: what the graph, the runner and SQLite checkpoints cost on top of the model calls.
+
+A fake chat model answers every call after a fixed latency, serving at most C calls at once
+(like a provider's concurrency limit). The ideal wall time is calls × latency / C; the printed
+ratio is measured wall time over that ideal, for each C, in one run. The same run with zero
+latency shows the floor: the graph's, LangChain's and SQLite's own CPU time for these calls,
+which no amount of concurrency hides.
+
+    python benchmarks/orchestration_overhead.py [--problems 100] [--latency 0.05]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from pydantic import PrivateAttr
+
+from mafl_graph import Arithmetic, Society, arun_debates, create_debate_graph
+
+
+class FixedLatencyModel(BaseChatModel):
+    latency: float
+    slots: int
+    _semaphore: asyncio.Semaphore | None = PrivateAttr(default=None)
+    _calls: int = PrivateAttr(default=0)
+
+    @property
+    def _llm_type(self) -> str:
+        return "fixed-latency"
+
+    def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> ChatResult:
+        raise NotImplementedError("async only")
+
+    async def _agenerate(
+        self, messages: list[BaseMessage], *args: Any, **kwargs: Any
+    ) -> ChatResult:
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self.slots)
+        async with self._semaphore:
+            await asyncio.sleep(self.latency)
+            self._calls += 1
+        reply = AIMessage(content="The answer is \\boxed{7}.")
+        return ChatResult(generations=[ChatGeneration(message=reply)])
+
+
+async def measure(problems: int, latency: float, slots: int) -> tuple[int, float]:
+    model = FixedLatencyModel(latency=latency, slots=slots)
+    task = Arithmetic()
+    graph = create_debate_graph(Society.from_model(model, 3), task, rounds=2, summarize=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        await arun_debates(
+            graph,
+            task.load("test", problems),
+            run_id="p2",
+            db_path=Path(tmp) / "p2.sqlite",
+            max_concurrency=problems,
+            progress=False,
+        )
+        return model._calls, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--problems", type=int, default=100)
+    parser.add_argument("--latency", type=float, default=0.05)
+    parser.add_argument("--slots", type=int, nargs="+", default=[8, 32])
+    args = parser.parse_args()
+    print(
+        f"\n{args.problems} problems x 3 agents x 2 rounds, {1000 * args.latency:.0f} ms a call, "
+        "SQLite checkpoints\n"
+    )
+    _, floor = asyncio.run(measure(args.problems, 0.0, max(args.slots)))
+    print(
+        f"floor (zero latency): {floor:.2f} s, {1000 * floor / (6 * args.problems):.2f} ms a call\n"
+    )
+    print("| concurrent calls | calls | ideal s | measured s | measured ÷ ideal |")
+    print("|---|---|---|---|---|")
+    for slots in args.slots:
+        calls, seconds = asyncio.run(measure(args.problems, args.latency, slots))
+        ideal = calls * args.latency / slots
+        print(f"| {slots} | {calls} | {ideal:.2f} | {seconds:.2f} | {seconds / ideal:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

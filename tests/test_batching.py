@@ -1,0 +1,216 @@
+"""The batching scheduler: unit tests with a toy model, and behaviour on the embedded model."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mafl_graph.local.batching import BatchScheduler, CancelledRequest, Request
+
+VOCAB, EOS = 12, 11
+
+
+class ToyCache:
+    def __init__(self) -> None:
+        self.selected: list[list[int]] = []
+
+    def batch_select_indices(self, index: torch.Tensor) -> None:
+        self.selected.append(index.tolist())
+
+
+SHIFT = {"__base__": 1, "slow": 0}
+
+
+def toy_forward(ids, mask, positions, cache, adapters):
+    """Next token = last token + 1 (+5 under an adapter, +0 under "slow"), then EOS."""
+    time.sleep(0.01)
+    shift = torch.tensor([SHIFT.get(a, 5) for a in adapters])
+    logits = torch.nn.functional.one_hot((ids[:, -1] + shift).clamp(max=EOS), VOCAB).float()
+    return logits, cache if cache is not None else ToyCache()
+
+
+def toy_scheduler(**kwargs) -> BatchScheduler:
+    return BatchScheduler(
+        toy_forward,
+        lambda ids: " ".join(map(str, ids)),
+        eos_ids={EOS},
+        pad_id=0,
+        lock=threading.Lock(),
+        **kwargs,
+    )
+
+
+def request(first: int, n: int, **kwargs) -> Request:
+    options = {"temperature": 0.0, "top_p": 1.0, "seed": None, "stop": []} | kwargs
+    return Request(prompt_ids=[first], max_new_tokens=n, **options)
+
+
+def test_concurrent_requests_share_one_batch_and_short_ones_return_first() -> None:
+    scheduler = toy_scheduler()
+    done_order: list[int] = []
+    long, short = request(1, 20), request(1, 2)
+    futures = [scheduler.submit(long), scheduler.submit(short)]
+    for i, f in enumerate(futures):
+        f.add_done_callback(lambda _, i=i: done_order.append(i))
+    assert futures[0].result(5) == ([2, 3, 4, 5, 6, 7, 8, 9, 10], "stop")  # EOS, not returned
+    assert futures[1].result(5) == ([2, 3], "length")
+    assert done_order == [1, 0]
+    assert scheduler.batch_sizes == [2]
+
+
+def test_per_request_parameters_inside_one_batch() -> None:
+    scheduler = toy_scheduler()
+    stop = request(1, 20, stop=["5"])
+    adapter = request(1, 3, adapter="adapter0")
+    eos = Request(prompt_ids=[9], max_new_tokens=20, temperature=0.0, top_p=1.0, seed=None, stop=[])
+    futures = [scheduler.submit(r) for r in (stop, adapter, eos)]
+    assert futures[0].result(5) == ([2, 3, 4, 5], "stop")
+    assert futures[1].result(5) == ([6], "stop")  # its own adapter
+    assert futures[2].result(5) == ([10], "stop")
+    assert scheduler.batch_sizes == [3]
+
+
+def test_seeded_sampling_does_not_depend_on_the_batch() -> None:
+    logits = torch.randn(4, 50)
+    rows = [request(0, 1, temperature=1.0, top_p=0.9, seed=s) for s in (1, 2, 3, 4)]
+    for r in rows:
+        r.generator = torch.Generator().manual_seed(r.seed)
+    together = BatchScheduler._sample(rows, logits)
+    alone = []
+    for i, s in enumerate((1, 2, 3, 4)):
+        r = request(0, 1, temperature=1.0, top_p=0.9, seed=s)
+        r.generator = torch.Generator().manual_seed(s)
+        alone += BatchScheduler._sample([r], logits[i : i + 1])
+    assert together == alone
+
+
+@pytest.mark.parametrize("top_p, nucleus", [(0.8, {0, 1}), (0.4, {0}), (1.0, {0, 1, 2})])
+def test_top_p_keeps_only_the_nucleus(top_p: float, nucleus: set[int]) -> None:
+    logits = torch.tensor([[3.0, 2.9, 2.0, -20.0]])  # probabilities ≈ .44 .40 .16 0
+    draws = set()
+    for seed in range(200):
+        r = request(0, 1, temperature=1.0, top_p=top_p, seed=seed)
+        r.generator = torch.Generator().manual_seed(seed)
+        draws |= set(BatchScheduler._sample([r], logits))
+    assert draws == nucleus
+
+
+def test_an_abandoned_request_leaves_the_batch_and_the_others_finish() -> None:
+    scheduler = toy_scheduler()
+    keep, drop = request(1, 100, adapter="slow"), request(1, 100, adapter="slow")
+    futures = [scheduler.submit(keep), scheduler.submit(drop)]
+    time.sleep(0.05)
+    drop.abandoned = True
+    with pytest.raises(CancelledRequest):
+        futures[1].result(5)
+    assert len(futures[0].result(10)[0]) == 100
+
+
+def test_a_broken_batch_fails_its_requests_and_the_scheduler_goes_on() -> None:
+    calls = {"n": 0}
+
+    def flaky(*args):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("out of memory")
+        return toy_forward(*args)
+
+    scheduler = BatchScheduler(flaky, str, eos_ids={EOS}, pad_id=0, lock=threading.Lock())
+    with pytest.raises(RuntimeError, match="out of memory"):
+        scheduler.submit(request(1, 3)).result(5)
+    assert scheduler.submit(request(1, 3)).result(5) == ([2, 3, 4], "length")
+
+
+# The embedded model ----------------------------------------------------------------------
+
+PROMPTS = [f"What is {a} + {b}? Answer briefly." for a, b in [(3, 4), (12, 30), (7, 7), (25, 1)]]
+
+
+def chat(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+async def together(engine, prompts: list[str], **options) -> list[str]:
+    results = await asyncio.gather(*(engine.agenerate(chat(p), **options) for p in prompts))
+    return [r.text for r in results]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("options", [{"temperature": 0.0}, {"temperature": 0.8, "seed": 7}])
+def test_batched_and_single_outputs_agree(engine, options) -> None:
+    options = {"max_new_tokens": 24, **options}
+    alone = [engine.generate(chat(p), **options).text for p in PROMPTS]
+    before = len(engine.scheduler.batch_sizes)
+    assert asyncio.run(together(engine, PROMPTS, **options)) == alone
+    assert max(engine.scheduler.batch_sizes[before:]) > 1  # they really shared a batch
+
+
+@pytest.mark.integration
+def test_a_failing_request_fails_alone(engine) -> None:
+    huge = "word " * (engine.context_window + 10)
+
+    async def run():
+        return await asyncio.gather(
+            engine.agenerate(chat(PROMPTS[0]), max_new_tokens=8, temperature=0),
+            engine.agenerate(chat(huge), max_new_tokens=8),
+            engine.agenerate(chat(PROMPTS[1]), max_new_tokens=8, temperature=0),
+            return_exceptions=True,
+        )
+
+    good, bad, other = asyncio.run(run())
+    assert isinstance(bad, ValueError) and "context window" in str(bad)
+    assert good.text and other.text
+
+
+@pytest.mark.integration
+def test_cancelling_one_waiter_does_not_hang_the_others(engine) -> None:
+    async def run():
+        slow = asyncio.ensure_future(engine.agenerate(chat(PROMPTS[0]), max_new_tokens=200))
+        fast = asyncio.ensure_future(
+            engine.agenerate(chat(PROMPTS[1]), max_new_tokens=16, temperature=0)
+        )
+        await asyncio.sleep(0.3)
+        slow.cancel()
+        result = await asyncio.wait_for(fast, timeout=60)
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        return result
+
+    assert asyncio.run(run()).output_tokens > 0
+
+
+@pytest.mark.integration
+def test_an_adapter_changes_only_its_own_rows(engine, tmp_path: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from mafl_graph.local import prepare_model_dir
+
+    base = AutoModelForCausalLM.from_pretrained(prepare_model_dir("smollm2"))
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(tmp_path / "agent1")  # random, so it shows
+    options = {"max_new_tokens": 16, "temperature": 0.0}
+    plain = [engine.generate(chat(p), **options).text for p in PROMPTS[:2]]
+
+    async def mixed():
+        return await asyncio.gather(
+            engine.agenerate(chat(PROMPTS[0]), **options),
+            engine.agenerate(chat(PROMPTS[1]), adapter=tmp_path / "agent1", **options),
+            engine.agenerate(chat(PROMPTS[1]), **options),
+        )
+
+    def base_storage() -> set[int]:
+        return {p.data_ptr() for n, p in engine.model.named_parameters() if "lora_" not in n}
+
+    before = base_storage()
+    first, tuned, second = asyncio.run(mixed())
+    assert (first.text, second.text) == (plain[0], plain[1])
+    assert tuned.text != plain[1]
+    assert base_storage() == before  # the adapter was injected into the base, not a copy
+    with pytest.raises(FileNotFoundError, match="No LoRA adapter"):
+        engine.request(chat("hi"), adapter=tmp_path / "missing")
