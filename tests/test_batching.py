@@ -189,7 +189,7 @@ def test_an_adapter_changes_only_its_own_rows(engine, tmp_path: Path) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from mafl_graph.local import prepare_model_dir
+    from mafl_graph.local import LocalChatModel, prepare_model_dir
 
     base = AutoModelForCausalLM.from_pretrained(prepare_model_dir("smollm2"))
     config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
@@ -212,5 +212,9 @@ def test_an_adapter_changes_only_its_own_rows(engine, tmp_path: Path) -> None:
     assert (first.text, second.text) == (plain[0], plain[1])
     assert tuned.text != plain[1]
     assert base_storage() == before  # the adapter was injected into the base, not a copy
+    agent = LocalChatModel(max_new_tokens=16, temperature=0).with_adapter(tmp_path / "agent1")
+    assert agent.invoke(PROMPTS[1]).content == tuned.text  # how a Society points at it
     with pytest.raises(FileNotFoundError, match="No LoRA adapter"):
         engine.request(chat("hi"), adapter=tmp_path / "missing")
+    with pytest.raises(ValueError, match="No LoRA adapter"):
+        LocalChatModel(adapter=str(tmp_path / "missing"))

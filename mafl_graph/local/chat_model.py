@@ -5,6 +5,7 @@ exactly like Gemini or OpenAI (swapping them changes a string, not the graph).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -47,6 +48,26 @@ class LocalChatModel(BaseChatModel):
     @classmethod
     def _known_dtype(cls, dtype: str) -> str:
         return check_dtype(dtype)
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter_exists(cls, adapter: str | None) -> str | None:
+        # Fail when the society is built, not hours later at the first call of that agent.
+        if (
+            adapter is not None
+            and not (Path(adapter).expanduser() / "adapter_config.json").is_file()
+        ):
+            raise ValueError(
+                f"No LoRA adapter at {adapter!r} (expected adapter_config.json there); "
+                "pass a directory written by PEFT's save_pretrained."
+            )
+        return adapter
+
+    def with_adapter(self, adapter: str | Path | None) -> LocalChatModel:
+        """The same model with ``adapter`` on top (sharing the loaded base), e.g. a tuned agent."""
+        return type(self).model_validate(
+            {**self.model_dump(), "adapter": None if adapter is None else str(adapter)}
+        )
 
     @property
     def _llm_type(self) -> str:
