@@ -301,5 +301,141 @@ def _print_dataset_stats(
     console.print(table)
 
 
+@app.command("tune")
+def tune_command(
+    run_dir: Annotated[Path, Opt(help="a run directory with datasets from `mafl datasets`")] = Path(
+        "runs/debate"
+    ),
+    backend: Annotated[str, Opt(help="local, openai or vertex")] = "local",
+    iteration: Annotated[int, Opt(help="fine-tuning iteration (k > 1 continues from k-1)")] = 1,
+    base: Annotated[
+        str | None, Opt(help="model to start from (default: smollm2 / gpt-4o-mini / gemini)")
+    ] = None,
+    previous: Annotated[
+        Path | None, Opt(help="tuned.json to continue from (default: iteration k-1's)")
+    ] = None,
+    retry: Annotated[bool, Opt(help="start new jobs where the ledger records a failure")] = False,
+    epochs: Annotated[float | None, Opt(help="passes over each dataset")] = None,
+    learning_rate: Annotated[
+        float | None, Opt(help="local: learning rate; hosted: learning-rate multiplier")
+    ] = None,
+    batch_size: Annotated[int | None, Opt(help="examples per step")] = None,
+    seed: Annotated[int, Opt(help="seed for the order of examples and the job")] = 0,
+    max_steps: Annotated[int | None, Opt(help="local: stop after this many steps")] = None,
+    lora_r: Annotated[int, Opt(help="local: LoRA rank")] = 16,
+    lora_alpha: Annotated[int, Opt(help="local: LoRA alpha")] = 32,
+    full: Annotated[bool, Opt(help="local: full fine-tuning instead of LoRA")] = False,
+    model: Annotated[str, Opt(help="local: the base model (smollm2, .gguf or HF dir)")] = (
+        "smollm2"
+    ),
+    suffix: Annotated[str | None, Opt(help="openai: model name suffix")] = None,
+    poll_interval: Annotated[float, Opt(help="hosted: first wait between polls (s)")] = 10.0,
+    project: Annotated[str | None, Opt(help="vertex: Google Cloud project")] = None,
+    location: Annotated[str, Opt(help="vertex: region")] = "us-central1",
+    bucket: Annotated[str | None, Opt(help="vertex: gs:// bucket to upload datasets to")] = None,
+) -> None:
+    """Tune every agent's generator and critic on its dataset; write tuned.json.
+
+    Hosted jobs are recorded in <run-dir>/tuning/iter<k>/ before any waiting, so running the
+    same command again after an interruption polls the same jobs instead of paying twice.
+    """
+    from mafl_graph.finetune.tuners import (
+        Backoff,
+        LocalTuneConfig,
+        OpenAITuneConfig,
+        VertexTuneConfig,
+        get_tuner,
+        load_tuned,
+        tune_run,
+    )
+
+    try:
+        if backend not in ("local", "openai", "vertex"):
+            raise ValueError(f"--backend must be local, openai or vertex; got {backend!r}.")
+        if iteration < 1:
+            raise ValueError(f"--iteration starts at 1; got {iteration}.")
+        if previous is None and iteration > 1:
+            candidate = run_dir / "tuning" / f"iter{iteration - 1}" / "tuned.json"
+            previous = candidate if candidate.is_file() else None
+        earlier = load_tuned(previous) if previous else {}
+        backoff = Backoff(initial=poll_interval, maximum=max(poll_interval, 300.0))
+        options: dict[str, Any] = {"iteration": iteration, "retry": retry}
+        if backend == "local":
+            options["model"] = model
+            options["config"] = LocalTuneConfig(
+                epochs=epochs if epochs is not None else 1.0,
+                learning_rate=learning_rate if learning_rate is not None else 2e-4,
+                batch_size=batch_size if batch_size is not None else 4,
+                max_steps=max_steps,
+                lora_r=lora_r,
+                lora_alpha=lora_alpha,
+                full=full,
+                seed=seed,
+            )
+        elif backend == "openai":
+            options["config"] = OpenAITuneConfig(
+                epochs=int(epochs) if epochs else "auto",
+                learning_rate_multiplier=learning_rate or "auto",
+                batch_size=batch_size or "auto",
+                seed=seed,
+                suffix=suffix,
+                backoff=backoff,
+            )
+        else:
+            if not project:
+                raise ValueError("--backend vertex needs --project (and --bucket to upload).")
+            options.update(project=project, location=location, bucket=bucket)
+            options["config"] = VertexTuneConfig(
+                epochs=int(epochs) if epochs else None,
+                learning_rate_multiplier=learning_rate,
+                batch_size=batch_size,
+                backoff=backoff,
+            )
+        tuner = get_tuner(backend, run_dir, **options)
+        (run_dir / "tuning" / f"iter{iteration}").mkdir(parents=True, exist_ok=True)
+        config = dataclasses.asdict(options["config"])
+        (run_dir / "tuning" / f"iter{iteration}" / f"{backend}-config.json").write_text(
+            json.dumps(config, indent=2, default=str) + "\n"
+        )
+        outcomes = tune_run(
+            tuner,
+            run_dir,
+            base=base,
+            previous=earlier,
+            on_outcome=lambda o: console.print(
+                f"{'[green]done[/green]' if o.tuned else '[red]failed[/red]'} "
+                f"agent{o.agent}-{o.role}"
+            ),
+        )
+    except (ValueError, TypeError, ImportError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+    table = Table(title=f"{run_dir} · {backend} · iteration {iteration}")
+    last = "s/step · peak RSS" if backend == "local" else "job"
+    for column in ("dataset", "from", "tuned model", last):
+        table.add_column(column, overflow="fold")
+    for o in outcomes:
+        result = o.tuned.model if o.tuned else f"[red]{escape(o.error or '')}[/red]"
+        table.add_row(o.dataset.name, o.base, result, _tune_detail(o.tuned))
+    console.print(table)
+    if any(o.tuned is None for o in outcomes):
+        console.print(
+            "[red]Some tuning failed; fix the cause and run again (--retry for failed jobs).[/red]"
+        )
+        raise typer.Exit(1)
+    console.print(f"Wrote {run_dir / 'tuned.json'}.")
+
+
+def _tune_detail(tuned: Any) -> str:
+    """The job id of a hosted job; seconds per step and peak RSS of a local one."""
+    if tuned is None:
+        return ""
+    metrics = Path(tuned.model) / "metrics.json"
+    if tuned.backend == "local" and metrics.is_file():
+        m = json.loads(metrics.read_text())
+        return f"{m['seconds_per_step']:.2f} s · {m['peak_rss_mb'] / 1024:.1f} GB"
+    return str(tuned.job_id or "")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()

@@ -1,0 +1,367 @@
+"""LoRA (or full) fine-tuning of the local model, in a lean PEFT loop.
+
+The loss sees only assistant turns of weight 1: prompts, and a critic's earlier (weight-0)
+answers, are labelled -100. Every conversation is rendered with the tokenizer's own chat
+template, exactly as :class:`~mafl_graph.local.LocalEngine` renders prompts at inference (the
+reference code trains with one template and infers with another). Iteration k+1 loads
+iteration k's adapter as trainable and keeps going. Adapters are saved with PEFT's
+``save_pretrained`` to ``<run_dir>/adapters/iter<k>/agent<i>-<role>/``, with the config and
+the measured seconds per step and peak RSS next to them, so ``LocalChatModel(adapter=dir)``
+serves them on the shared base.
+
+A lean loop rather than TRL's SFTTrainer: it is a few dozen lines, adds no dependency, and the
+benchmark (``benchmarks/lora_step.py``) holds it against a bare PEFT loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+from mafl_graph.finetune.datasets import TrainedRole
+from mafl_graph.finetune.tuners.base import (
+    Dataset,
+    JobLedger,
+    TunedModel,
+    base_id,
+    check_resumable,
+    dataset_digest,
+)
+from mafl_graph.local.loading import SMOLLM2_ALIAS, check_dtype, prepare_model_dir
+
+if TYPE_CHECKING:
+    import torch
+
+IGNORE = -100
+Encoded = tuple[list[int], list[int]]
+
+
+@dataclass(frozen=True)
+class LocalTuneConfig:
+    """Every setting of one local tuning run; saved as ``tune_config.json`` by the adapter."""
+
+    epochs: float = 1.0
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (overrides ``epochs``)."""
+    learning_rate: float = 2e-4
+    batch_size: int = 4
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    target_modules: str | tuple[str, ...] = "all-linear"
+    full: bool = False
+    """Full fine-tuning (every weight; saves a whole model directory) instead of LoRA."""
+    max_length: int = 1024
+    """Longer conversations are cut on the right; one with no trained token left is skipped."""
+    schedule: Literal["linear", "constant"] = "linear"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    seed: int = 0
+    dtype: str = "float32"
+
+
+class LocalTuner:
+    """Tunes the local model (``model``: "smollm2", a GGUF or an HF directory) per agent and role.
+
+    A finished adapter directory is reused on a rerun (the ledger checks it was trained on the
+    same data from the same base), so an interrupted ``mafl tune`` only redoes what is missing.
+    """
+
+    backend = "local"
+    dataset_suffix = ".openai.jsonl"
+    default_base = SMOLLM2_ALIAS
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        model: str = SMOLLM2_ALIAS,
+        iteration: int = 1,
+        config: LocalTuneConfig | None = None,
+        retry: bool = False,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.model_path = model
+        self.iteration = iteration
+        self.config = config or LocalTuneConfig()
+        self.retry = retry
+        check_dtype(self.config.dtype)
+
+    def output_dir(self, agent: int, role: str) -> Path:
+        return self.run_dir / "adapters" / f"iter{self.iteration}" / f"agent{agent}-{role}"
+
+    def tune(
+        self,
+        agent: int,
+        role: TrainedRole,
+        dataset: Dataset,
+        base: str | TunedModel,
+        config: LocalTuneConfig | None = None,
+    ) -> TunedModel:
+        """Train on ``dataset`` (OpenAI chat JSONL with weights, or records) from ``base``.
+
+        ``base``: the base model ("smollm2", a model directory), or a previous
+        :class:`TunedModel`/adapter directory to continue training.
+        """
+        cfg = config or self.config
+        start = base_id(base)
+        out = self.output_dir(agent, role)
+        ledger = JobLedger.for_job(self.run_dir, self.iteration, agent, role)
+        digest = dataset_digest(dataset)
+        check_resumable(ledger, digest, start, self.retry)
+        if not (ledger.get("status") == "succeeded" and (out / "metrics.json").is_file()):
+            ledger.update(
+                backend=self.backend,
+                agent=agent,
+                role=role,
+                iteration=self.iteration,
+                base=start,
+                dataset=str(dataset) if isinstance(dataset, str | Path) else "<records>",
+                dataset_sha256=digest,
+                config=dataclasses.asdict(cfg),
+                status="running",
+            )
+            metrics = self.train(load_conversations(dataset), start, out, cfg)
+            ledger.update(status="succeeded", model=str(out), metrics=metrics)
+        options: dict[str, Any] = {"model_path": self._base_of(start)}
+        if cfg.full:
+            options["full"] = True
+        return TunedModel(
+            agent=agent,
+            role=role,
+            backend=self.backend,
+            model=str(out),
+            base=start,
+            iteration=self.iteration,
+            options=options,
+        )
+
+    def train(
+        self,
+        conversations: Sequence[Sequence[Mapping[str, Any]]],
+        start: str,
+        out: Path,
+        cfg: LocalTuneConfig,
+    ) -> dict[str, Any]:
+        """Load, train and save to ``out`` (via a staging directory); return the metrics."""
+        import torch
+
+        torch.manual_seed(cfg.seed)
+        tokenizer, model = self.load(start, cfg)
+        encoded = [e for c in conversations if (e := encode(tokenizer, c, cfg.max_length))]
+        if not encoded:
+            raise ValueError(
+                f"No trainable example for {out.name}: every conversation lacks a weight-1 "
+                "assistant turn within max_length tokens."
+            )
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(encoded) / cfg.batch_size))
+        batches = (collate(b, pad) for b in batch_stream(encoded, cfg.batch_size, cfg.seed))
+        losses, seconds = fit(model, batches, steps, cfg)
+        staging = out.with_name(out.name + ".staging")
+        shutil.rmtree(staging, ignore_errors=True)
+        model.save_pretrained(staging)
+        if cfg.full:
+            tokenizer.save_pretrained(staging)
+        metrics = {
+            "steps": steps,
+            "examples": len(encoded),
+            "skipped": len(conversations) - len(encoded),
+            "trained_tokens": sum(sum(t != IGNORE for t in labels) for _, labels in encoded),
+            "loss_first": losses[0],
+            "loss_last": losses[-1],
+            "losses": losses,
+            # the first step (allocator and kernel warm-up) is left out, as in the benchmark
+            "seconds_per_step": sum(seconds[1:]) / max(1, len(seconds) - 1)
+            if len(seconds) > 1
+            else seconds[0],
+            "seconds": sum(seconds),
+            "peak_rss_mb": peak_rss_mb(),
+            "base": start,
+        }
+        (staging / "tune_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        shutil.rmtree(out, ignore_errors=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, out)
+        return {k: v for k, v in metrics.items() if k != "losses"}
+
+    def load(self, start: str, cfg: LocalTuneConfig) -> tuple[Any, Any]:
+        """Tokenizer and trainable model: a fresh LoRA on the base, or ``start``'s weights."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        start_dir = Path(start).expanduser()
+        is_adapter = _is_adapter(start)
+        if cfg.full and is_adapter:
+            raise ValueError(f"{start} is a LoRA adapter; full fine-tuning needs a model.")
+        base_dir = prepare_model_dir(self._base_of(start))
+        tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            base_dir, dtype=getattr(torch, cfg.dtype), local_files_only=True
+        )
+        model.config.use_cache = False
+        if cfg.full:
+            return tokenizer, model
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if is_adapter:  # the paper keeps tuning the tuned model: the same adapter, trainable
+            return tokenizer, PeftModel.from_pretrained(model, start_dir, is_trainable=True)
+        lora = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=cfg.target_modules
+            if isinstance(cfg.target_modules, str)
+            else list(cfg.target_modules),
+            task_type="CAUSAL_LM",
+        )
+        return tokenizer, get_peft_model(model, lora)
+
+    def _base_of(self, start: str) -> str:
+        """The model under the adapter: ours when continuing an adapter, else ``start`` itself
+        (e.g. a fully fine-tuned model directory that a LoRA now goes on top of)."""
+        return self.model_path if _is_adapter(start) else start
+
+
+def _is_adapter(start: str) -> bool:
+    return (Path(start).expanduser() / "adapter_config.json").is_file()
+
+
+# One step of the algorithm each --------------------------------------------------------------
+
+
+def load_conversations(dataset: Dataset) -> list[list[dict[str, Any]]]:
+    """The ``messages`` of each record of an OpenAI chat JSONL file (or of records)."""
+    if isinstance(dataset, str | Path):
+        path = Path(dataset)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"No dataset at {path}; write it with `mafl datasets --format openai`."
+            )
+        records: Sequence[Mapping[str, Any]] = [
+            json.loads(line) for line in path.read_text().splitlines() if line.strip()
+        ]
+    else:
+        records = dataset
+    return [list(r["messages"]) for r in records]
+
+
+def encode(
+    tokenizer: Any, messages: Sequence[Mapping[str, Any]], max_length: int
+) -> Encoded | None:
+    """(input ids, labels) of one conversation; labels are -100 except weight-1 assistant turns.
+
+    Each trained turn's span is found by rendering the conversation up to it with
+    ``add_generation_prompt=True`` (the exact prompt inference sends) and up to and including
+    it; the reply and its end-of-turn token are learned, the template's trailing newline not.
+    """
+    chat = [{"role": m["role"], "content": m["content"]} for m in messages]
+    ids = _render(tokenizer, chat, generation_prompt=False)
+    labels = [IGNORE] * len(ids)
+    eos = tokenizer.eos_token_id
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant" or m.get("weight", 1) != 1:
+            continue
+        prompt = _render(tokenizer, chat[:i], generation_prompt=True)
+        through = _render(tokenizer, chat[: i + 1], generation_prompt=False)
+        if ids[: len(through)] != through or through[: len(prompt)] != prompt:
+            raise ValueError(
+                "The chat template does not render conversations prefix by prefix; the trained "
+                "spans cannot be located (is this a chat model's tokenizer?)."
+            )
+        end = len(through)
+        if eos in through[len(prompt) :]:
+            end = len(prompt) + through[len(prompt) :].index(eos) + 1
+        labels[len(prompt) : end] = through[len(prompt) : end]
+    ids, labels = ids[:max_length], labels[:max_length]
+    return (ids, labels) if any(t != IGNORE for t in labels) else None
+
+
+def _render(tokenizer: Any, chat: list[dict[str, str]], *, generation_prompt: bool) -> list[int]:
+    return cast(
+        list[int],
+        tokenizer.apply_chat_template(
+            chat, add_generation_prompt=generation_prompt, tokenize=True, return_dict=False
+        ),
+    )
+
+
+def batch_stream(
+    examples: Sequence[Encoded], batch_size: int, seed: int
+) -> Iterator[list[Encoded]]:
+    """Batches forever, reshuffled each epoch with ``seed`` (the step count says when to stop)."""
+    rng = random.Random(seed)
+    order = list(range(len(examples)))
+    while True:
+        rng.shuffle(order)
+        for i in range(0, len(order), batch_size):
+            yield [examples[j] for j in order[i : i + batch_size]]
+
+
+def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded tensors; padding is masked out of attention and labelled -100."""
+    import torch
+
+    width = max(len(ids) for ids, _ in batch)
+    ids = [ids + [pad_id] * (width - len(ids)) for ids, _ in batch]
+    labels = [lab + [IGNORE] * (width - len(lab)) for _, lab in batch]
+    mask = [[1] * len(i) + [0] * (width - len(i)) for i, _ in batch]
+    return {
+        "input_ids": torch.tensor(ids),
+        "attention_mask": torch.tensor(mask),
+        "labels": torch.tensor(labels),
+    }
+
+
+def fit(
+    model: Any, batches: Iterator[dict[str, Any]], steps: int, cfg: LocalTuneConfig
+) -> tuple[list[float], list[float]]:
+    """AdamW over the trainable weights for ``steps`` steps; (loss, seconds) of each step."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        return max(0.0, (steps - step) / max(1, steps - cfg.warmup_steps))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    model.train()
+    losses, seconds = [], []
+    for _ in range(steps):
+        started = time.perf_counter()
+        loss = train_step(model, optimizer, next(batches))
+        scheduler.step()
+        seconds.append(time.perf_counter() - started)
+        losses.append(loss)
+    model.eval()
+    return losses, seconds
+
+
+def train_step(model: Any, optimizer: Any, batch: dict[str, Any]) -> float:
+    """One optimizer step on one batch (mean loss over its trained tokens)."""
+    loss = model(**batch).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (Linux reports KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
