@@ -96,12 +96,13 @@ def main() -> None:
     engine = load_local_model()
     engine.generate([{"role": "user", "content": "Hi"}], max_new_tokens=4)  # load + warm up
     prompts, tokens, seconds = debate(args.problems, args.max_tokens)
-    batch = engine.scheduler.max_batch_size
+    scheduler = engine.scheduler
+    mean_batch = scheduler.decode_rows / max(1, scheduler.decode_steps)
+    batch = scheduler.max_batch_size
     graph_rate = tokens / seconds
     seq_tokens, seq_seconds = one_at_a_time(prompts[: args.sequential_sample], args.max_tokens)
     raw_tokens, raw_seconds = raw_generate(prompts[: 2 * batch], args.max_tokens, batch)
     seq_rate, raw_rate = seq_tokens / seq_seconds, raw_tokens / raw_seconds
-    sizes = engine.scheduler.batch_sizes
 
     print(
         f"\ncpus={os.cpu_count()} torch threads={torch.get_num_threads()} "
@@ -110,7 +111,7 @@ def main() -> None:
     print(
         f"debate: {args.problems} problems x 3 agents x 2 rounds + summaries = {len(prompts)} "
         f"calls, {args.max_tokens} new tokens at most; mean batch "
-        f"{sum(sizes) / len(sizes):.1f}\n"
+        f"{mean_batch:.1f} rows per decode step, {scheduler.joined} joined a running batch\n"
     )
     print("| path | requests | tokens | seconds | tokens/s | graph ÷ path |")
     print("|---|---|---|---|---|---|")

@@ -18,6 +18,7 @@ VOCAB, EOS = 12, 11
 class ToyCache:
     def __init__(self) -> None:
         self.selected: list[list[int]] = []
+        self.layers: list = []
 
     def batch_select_indices(self, index: torch.Tensor) -> None:
         self.selected.append(index.tolist())
@@ -61,6 +62,17 @@ def test_concurrent_requests_share_one_batch_and_short_ones_return_first() -> No
     assert futures[1].result(5) == ([2, 3], "length")
     assert done_order == [1, 0]
     assert scheduler.batch_sizes == [2]
+
+
+def test_a_request_joins_a_running_batch_instead_of_waiting_for_it() -> None:
+    scheduler = toy_scheduler()
+    long = scheduler.submit(request(1, 100, adapter="slow"))
+    time.sleep(0.1)
+    short = scheduler.submit(request(1, 3))
+    assert short.result(5) == ([2, 3, 4], "length")
+    assert not long.done()  # it finished inside the long one's batch
+    assert scheduler.joined == 1
+    assert long.result(10) == ([1] * 100, "length")
 
 
 def test_per_request_parameters_inside_one_batch() -> None:
@@ -148,6 +160,22 @@ def test_batched_and_single_outputs_agree(engine, options) -> None:
     before = len(engine.scheduler.batch_sizes)
     assert asyncio.run(together(engine, PROMPTS, **options)) == alone
     assert max(engine.scheduler.batch_sizes[before:]) > 1  # they really shared a batch
+
+
+@pytest.mark.integration
+def test_a_request_joining_mid_batch_gets_the_text_it_gets_alone(engine) -> None:
+    greedy = {"max_new_tokens": 24, "temperature": 0.0}
+    alone = [engine.generate(chat(p), **greedy).text for p in PROMPTS[:3]]
+
+    async def staggered():
+        first = asyncio.ensure_future(engine.agenerate(chat(PROMPTS[0]), **greedy))
+        await asyncio.sleep(0.4)  # a few decode steps in
+        later = [engine.agenerate(chat(p), **greedy) for p in PROMPTS[1:3]]
+        return [r.text for r in await asyncio.gather(first, *later)]
+
+    joined = engine.scheduler.joined
+    assert asyncio.run(staggered()) == alone
+    assert engine.scheduler.joined == joined + 2
 
 
 @pytest.mark.integration

@@ -46,6 +46,65 @@ class Request:
     generator: Any = None
 
 
+@dataclass
+class _Rows:
+    """The rows decoding together: their requests, KV cache, attention mask, last positions."""
+
+    requests: list[Request]
+    cache: Any
+    mask: torch.Tensor
+    positions: torch.Tensor
+
+    @property
+    def adapters(self) -> list[str]:
+        return [r.adapter for r in self.requests]
+
+    @property
+    def next_ids(self) -> torch.Tensor:
+        import torch
+
+        return torch.tensor([[r.generated[-1]] for r in self.requests])
+
+    def select(self, keep: list[int]) -> None:
+        import torch
+
+        index = torch.tensor(keep, dtype=torch.long)
+        if keep:
+            self.cache.batch_select_indices(index)
+        self.requests = [self.requests[i] for i in keep]
+        self.mask, self.positions = self.mask[index], self.positions[index]
+
+    def merge(self, other: _Rows) -> _Rows:
+        """Both row sets in one batch: the shorter history is left-padded (and masked)."""
+        import torch
+
+        if not other.requests:
+            return self
+        if not self.requests:
+            return other
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        # Reaches into DynamicCache's layers (keys/values: batch, heads, tokens, dim): it has
+        # batch_select_indices to drop rows but nothing to add them.
+        caches = []
+        for rows in (self, other):
+            missing = width - rows.mask.shape[1]
+            if missing:
+                for layer in rows.cache.layers:
+                    layer.keys = torch.nn.functional.pad(layer.keys, (0, 0, missing, 0))
+                    layer.values = torch.nn.functional.pad(layer.values, (0, 0, missing, 0))
+            caches.append((rows.cache, torch.nn.functional.pad(rows.mask, (missing, 0))))
+        (cache, mask), (extra, extra_mask) = caches
+        for layer, joining in zip(cache.layers, extra.layers, strict=True):
+            layer.keys = torch.cat([layer.keys, joining.keys])
+            layer.values = torch.cat([layer.values, joining.values])
+        return _Rows(
+            self.requests + other.requests,
+            cache,
+            torch.cat([mask, extra_mask]),
+            torch.cat([self.positions, other.positions]),
+        )
+
+
 class CancelledRequest(Exception):
     """The waiter abandoned this request before it finished."""
 
@@ -81,7 +140,12 @@ class BatchScheduler:
         self._queue: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self.batch_sizes: list[int] = []  # what each batch held when it started, for benchmarks
+        # For benchmarks: the size of each group taken from the queue, and how many requests
+        # joined a batch that was already decoding.
+        self.batch_sizes: list[int] = []
+        self.joined = 0
+        self.decode_steps = 0
+        self.decode_rows = 0  # rows summed over decode steps: / decode_steps = mean batch
 
     def submit(self, request: Request) -> Future[tuple[list[int], str]]:
         """Queue ``request``; set ``request.abandoned`` to drop it from its batch."""
@@ -97,20 +161,9 @@ class BatchScheduler:
 
     def _loop(self) -> None:
         while True:
-            batch = [self._queue.get()]
-            # Requests of one graph step arrive a few milliseconds apart (each is tokenized
-            # first): wait until none came for a moment, so they start as one batch.
-            while len(batch) < self.max_batch_size:
-                try:
-                    batch.append(self._queue.get(timeout=self.gather_seconds))
-                except queue.Empty:
-                    break
-            batch = [
-                r for r in batch if not r.abandoned and r.future.set_running_or_notify_cancel()
-            ]
+            batch = self._take(self.max_batch_size, wait=True)
             if not batch:
                 continue
-            self.batch_sizes.append(len(batch))
             try:
                 self._run(batch)
             except BaseException as exc:  # a broken batch fails its own requests, not the thread
@@ -118,52 +171,84 @@ class BatchScheduler:
                     if not request.future.done():
                         request.future.set_exception(exc)
 
+    def _take(self, room: int, *, wait: bool) -> list[Request]:
+        """Up to ``room`` queued requests; with ``wait``, block for the first one."""
+        batch: list[Request] = []
+        if wait:
+            batch.append(self._queue.get())
+        # Requests of one graph step arrive a few milliseconds apart (each is tokenized
+        # first): keep taking until none came for a moment, so they start together.
+        while len(batch) < room:
+            try:
+                batch.append(self._queue.get(timeout=self.gather_seconds if batch else 0))
+            except queue.Empty:
+                break
+        batch = [r for r in batch if not r.abandoned and r.future.set_running_or_notify_cancel()]
+        if batch:
+            self.batch_sizes.append(len(batch))
+        return batch
+
     def _run(self, batch: list[Request]) -> None:
+        """Decode ``batch`` to the end, admitting newly queued requests between steps."""
+        import torch
+
+        with torch.inference_mode():
+            rows = self._prefill(batch)
+            while rows.requests:
+                if len(rows.requests) < self.max_batch_size:
+                    joining = self._take(self.max_batch_size - len(rows.requests), wait=False)
+                    if joining:
+                        self.joined += len(joining)
+                        rows = rows.merge(self._prefill(joining))
+                self.decode_steps += 1
+                self.decode_rows += len(rows.requests)
+                with self._lock:
+                    logits, rows.cache = self._forward(
+                        rows.next_ids, rows.mask, rows.positions, rows.cache, rows.adapters
+                    )
+                self._advance(rows, logits)
+
+    def _prefill(self, batch: list[Request]) -> _Rows:
+        """Run the prompts of ``batch`` (left-padded) and sample each row's first token."""
         import torch
 
         for request in batch:
             if request.seed is not None and request.temperature > 0:
                 request.generator = torch.Generator().manual_seed(request.seed)
         width = max(len(r.prompt_ids) for r in batch)
+        pads = [width - len(r.prompt_ids) for r in batch]
         ids = torch.tensor(
-            [[self._pad_id] * (width - len(r.prompt_ids)) + r.prompt_ids for r in batch]
+            [[self._pad_id] * p + r.prompt_ids for p, r in zip(pads, batch, strict=True)]
         )
-        mask = torch.tensor(
-            [[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in batch]
-        )
+        mask = torch.tensor([[0] * p + [1] * (width - p) for p in pads])
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        active, cache = list(batch), None
-        with torch.inference_mode():
-            while active:
-                with self._lock:
-                    logits, cache = self._forward(
-                        ids, mask, positions, cache, [r.adapter for r in active]
-                    )
-                tokens = self._sample(active, logits)
-                keep = []
-                for i, (request, token) in enumerate(zip(active, tokens, strict=True)):
-                    request.generated.append(token)
-                    reason = self._finished(request, token)
-                    if reason is not None:
-                        request.future.set_result((request.generated, reason))
-                    elif request.abandoned:
-                        request.future.set_exception(CancelledRequest())
-                    else:
-                        keep.append(i)
-                if len(keep) < len(active):
-                    if not keep:
-                        break
-                    index = torch.tensor(keep)
-                    cache.batch_select_indices(index)
-                    mask, positions, tokens = (
-                        mask[index],
-                        positions[index],
-                        [tokens[i] for i in keep],
-                    )
-                    active = [active[i] for i in keep]
-                ids = torch.tensor(tokens).unsqueeze(-1)
-                mask = torch.cat([mask, torch.ones(len(active), 1, dtype=mask.dtype)], dim=-1)
-                positions = positions[:, -1:] + 1
+        adapters = [r.adapter for r in batch]
+        with self._lock:
+            logits, cache = self._forward(ids, mask, positions, None, adapters)
+        rows = _Rows(list(batch), cache, mask, positions[:, -1:])
+        self._advance(rows, logits)
+        return rows
+
+    def _advance(self, rows: _Rows, logits: torch.Tensor) -> None:
+        """Sample one token per row, resolve the rows that ended and drop them."""
+        import torch
+
+        tokens = self._sample(rows.requests, logits)
+        keep = []
+        for i, (request, token) in enumerate(zip(rows.requests, tokens, strict=True)):
+            request.generated.append(token)
+            reason = self._finished(request, token)
+            if reason is not None:
+                request.future.set_result((request.generated, reason))
+            elif request.abandoned:
+                request.future.set_exception(CancelledRequest())
+            else:
+                keep.append(i)
+        if len(keep) < len(rows.requests):
+            rows.select(keep)
+        # The sampled tokens are the next step's input, one position further on.
+        rows.mask = torch.cat([rows.mask, torch.ones(len(keep), 1, dtype=rows.mask.dtype)], -1)
+        rows.positions = rows.positions + 1
 
     @staticmethod
     def _sample(active: list[Request], logits: torch.Tensor) -> list[int]:
