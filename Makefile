@@ -29,6 +29,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/model_load.py
+	$(PY) benchmarks/debate_throughput.py
+	$(PY) benchmarks/orchestration_overhead.py
+	$(PY) benchmarks/adapter_memory.py
+	$(PY) benchmarks/traces_scaling.py
+	$(PY) benchmarks/lora_step.py
 
 clean:
 	rm -rf $(VENV) runs

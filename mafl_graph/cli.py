@@ -31,7 +31,7 @@ DEMO: dict[str, Any] = {
     "operators": "+",
     "agents": 3,
     "rounds": 2,
-    "n": 6,
+    "n": 12,
     "max_tokens": 96,
 }
 
@@ -55,7 +55,7 @@ def debate(
     seed: Annotated[int, Opt(help="seed for sampling, problems and tie-breaks")] = 0,
     temperature: Annotated[float | None, Opt(help="sampling temperature")] = None,
     max_tokens: Annotated[int | None, Opt(help="at most this many new tokens per reply")] = None,
-    concurrency: Annotated[int, Opt(help="problems debated at once")] = 4,
+    concurrency: Annotated[int, Opt(help="problems debated at once")] = 16,
     terms: Annotated[int | None, Opt(help="arithmetic: numbers per expression")] = None,
     low: Annotated[int | None, Opt(help="arithmetic: smallest number")] = None,
     high: Annotated[int | None, Opt(help="arithmetic: largest number")] = None,
@@ -109,7 +109,7 @@ def demo(
         "temperature": None,
         "max_tokens": DEMO["max_tokens"],
     }
-    _run(settings, run_dir, concurrency=DEMO["agents"])
+    _run(settings, run_dir, concurrency=DEMO["n"])
 
 
 def _run(settings: dict[str, Any], run_dir: Path, concurrency: int) -> None:
