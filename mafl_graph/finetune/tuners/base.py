@@ -255,3 +255,23 @@ def poll(
             )
         sleep(wait)
         wait = min(wait * backoff.factor, backoff.maximum)
+
+
+def open_job(
+    tuner: Any, agent: int, role: str, dataset: Dataset, base: str
+) -> tuple[JobLedger, dict[str, Any]]:
+    """This job's ledger, checked to belong to ``dataset`` and ``base`` (else refused), and the
+    facts that identify the job, for the ledger's first entry."""
+    ledger = JobLedger.for_job(tuner.run_dir, tuner.iteration, agent, role)
+    digest = dataset_digest(dataset)
+    check_resumable(ledger, digest, base, tuner.retry)
+    facts = {
+        "backend": tuner.backend,
+        "agent": agent,
+        "role": role,
+        "iteration": tuner.iteration,
+        "base": base,
+        "dataset": str(dataset) if isinstance(dataset, str | Path) else "<records>",
+        "dataset_sha256": digest,
+    }
+    return ledger, facts

@@ -31,11 +31,9 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from mafl_graph.finetune.datasets import TrainedRole
 from mafl_graph.finetune.tuners.base import (
     Dataset,
-    JobLedger,
     TunedModel,
     base_id,
-    check_resumable,
-    dataset_digest,
+    open_job,
 )
 from mafl_graph.local.loading import SMOLLM2_ALIAS, check_dtype, prepare_model_dir
 
@@ -116,18 +114,10 @@ class LocalTuner:
         cfg = config or self.config
         start = base_id(base)
         out = self.output_dir(agent, role)
-        ledger = JobLedger.for_job(self.run_dir, self.iteration, agent, role)
-        digest = dataset_digest(dataset)
-        check_resumable(ledger, digest, start, self.retry)
+        ledger, facts = open_job(self, agent, role, dataset, start)
         if not (ledger.get("status") == "succeeded" and (out / "metrics.json").is_file()):
             ledger.update(
-                backend=self.backend,
-                agent=agent,
-                role=role,
-                iteration=self.iteration,
-                base=start,
-                dataset=str(dataset) if isinstance(dataset, str | Path) else "<records>",
-                dataset_sha256=digest,
+                **facts,
                 config=dataclasses.asdict(cfg),
                 status="running",
             )

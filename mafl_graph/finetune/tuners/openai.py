@@ -21,9 +21,8 @@ from mafl_graph.finetune.tuners.base import (
     TunedModel,
     TuningError,
     base_id,
-    check_resumable,
-    dataset_digest,
     jsonl_bytes,
+    open_job,
     poll,
 )
 
@@ -89,11 +88,9 @@ class OpenAITuner:
         """Upload ``dataset`` (OpenAI chat JSONL or records), tune ``base`` on it, wait."""
         cfg = config or self.config
         base_model = base_id(base)
-        ledger = JobLedger.for_job(self.run_dir, self.iteration, agent, role)
-        digest = dataset_digest(dataset)
-        check_resumable(ledger, digest, base_model, self.retry)
+        ledger, facts = open_job(self, agent, role, dataset, base_model)
         if ledger.get("status") != "succeeded":
-            self._run(ledger, agent, role, dataset, digest, base_model, cfg)
+            self._run(ledger, facts, dataset, cfg)
         return TunedModel(
             agent=agent,
             role=role,
@@ -106,26 +103,14 @@ class OpenAITuner:
         )
 
     def _run(
-        self,
-        ledger: JobLedger,
-        agent: int,
-        role: TrainedRole,
-        dataset: Dataset,
-        digest: str,
-        base_model: str,
-        cfg: OpenAITuneConfig,
+        self, ledger: JobLedger, facts: dict[str, Any], dataset: Dataset, cfg: OpenAITuneConfig
     ) -> None:
+        agent, role, base_model = facts["agent"], facts["role"], facts["base"]
         if not ledger.get("file_id"):
             name, content = _file(dataset, f"agent{agent}-{role}")
             uploaded = self.client.files.create(file=(name, content), purpose="fine-tune")
             ledger.update(
-                backend=self.backend,
-                agent=agent,
-                role=role,
-                iteration=self.iteration,
-                base=base_model,
-                dataset=str(dataset) if isinstance(dataset, str | Path) else "<records>",
-                dataset_sha256=digest,
+                **facts,
                 file_id=uploaded.id,
                 config=dataclasses.asdict(cfg),
             )

@@ -26,9 +26,8 @@ from mafl_graph.finetune.tuners.base import (
     TunedModel,
     TuningError,
     base_id,
-    check_resumable,
-    dataset_digest,
     jsonl_bytes,
+    open_job,
     poll,
 )
 
@@ -120,11 +119,9 @@ class VertexTuner:
         """Tune ``base`` on ``dataset`` (Vertex Gemini JSONL, a ``gs://`` URI, or records)."""
         cfg = config or self.config
         base_model = base_id(base)
-        ledger = JobLedger.for_job(self.run_dir, self.iteration, agent, role)
-        digest = dataset_digest(dataset)
-        check_resumable(ledger, digest, base_model, self.retry)
+        ledger, facts = open_job(self, agent, role, dataset, base_model)
         if ledger.get("status") != "succeeded":
-            self._run(ledger, agent, role, dataset, digest, base_model, cfg)
+            self._run(ledger, facts, dataset, cfg)
         options: dict[str, Any] = {"project": self.project, "location": self.location}
         if self.base_url:
             options["base_url"] = self.base_url
@@ -141,27 +138,15 @@ class VertexTuner:
         )
 
     def _run(
-        self,
-        ledger: JobLedger,
-        agent: int,
-        role: TrainedRole,
-        dataset: Dataset,
-        digest: str,
-        base_model: str,
-        cfg: VertexTuneConfig,
+        self, ledger: JobLedger, facts: dict[str, Any], dataset: Dataset, cfg: VertexTuneConfig
     ) -> None:
+        agent, role, base_model = facts["agent"], facts["role"], facts["base"]
         if not ledger.get("dataset_uri"):
-            uri = self._dataset_uri(dataset, f"agent{agent}-{role}", digest)
+            uri = self._dataset_uri(dataset, f"agent{agent}-{role}", facts["dataset_sha256"])
             ledger.update(
-                backend=self.backend,
-                agent=agent,
-                role=role,
-                iteration=self.iteration,
-                base=base_model,
+                **facts,
                 project=self.project,
                 location=self.location,
-                dataset=str(dataset) if isinstance(dataset, str | Path) else "<records>",
-                dataset_sha256=digest,
                 dataset_uri=uri,
                 config=dataclasses.asdict(cfg),
             )
