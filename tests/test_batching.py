@@ -220,8 +220,12 @@ def test_an_adapter_changes_only_its_own_rows(engine, tmp_path: Path) -> None:
     from mafl_graph.local import LocalChatModel, prepare_model_dir
 
     base = AutoModelForCausalLM.from_pretrained(prepare_model_dir("smollm2"))
-    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    get_peft_model(base, config).save_pretrained(tmp_path / "agent1")  # random, so it shows
+    # Random (not zero) LoRA weights, seeded and strongly scaled, so the change always shows.
+    torch.manual_seed(0)
+    config = LoraConfig(
+        r=4, lora_alpha=256, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )
+    get_peft_model(base, config).save_pretrained(tmp_path / "agent1")
     options = {"max_new_tokens": 16, "temperature": 0.0}
     plain = [engine.generate(chat(p), **options).text for p in PROMPTS[:2]]
 
