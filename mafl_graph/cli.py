@@ -6,33 +6,31 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mafl_graph.debate import create_debate_graph, run_debates
+from mafl_graph.debate import CheckpointError, create_debate_graph, run_debates
 from mafl_graph.evaluate import DebateSummary, summarize_debates
-from mafl_graph.rundir import prepare_run_dir, write_results
+from mafl_graph.redact import redact
+from mafl_graph.rundir import prepare_run_dir, write_json, write_results
 from mafl_graph.society import Society
 from mafl_graph.tasks import get_task
+from mafl_graph.usage import UsageRecorder
 
 app = typer.Typer(help="Multiagent fine-tuning on LangGraph.", no_args_is_help=True)
 console = Console()
 
 # The demo's difficulty: see README "Choosing a difficulty" for what the model scores.
 DEMO: dict[str, Any] = {
-    "task": "arithmetic",
-    "terms": 2,
-    "low": 0,
     "high": 20,
-    "operators": "+",
-    "agents": 3,
-    "rounds": 2,
-    "n": 12,
-    "max_tokens": 96,
+    "iterations": 1,
+    "n_train": 24,
+    "n_test": 12,
+    "max_tokens": 48,
 }
 
 Opt = typer.Option
@@ -61,8 +59,19 @@ def debate(
     high: Annotated[int | None, Opt(help="arithmetic: largest number")] = None,
     operators: Annotated[str | None, Opt(help="arithmetic: operator pattern, e.g. '+*+-*'")] = None,
     data_dir: Annotated[Path | None, Opt(help="gsm8k/math: local data directory")] = None,
+    requests_per_second: Annotated[
+        float | None, Opt(help="hosted: at most this many calls per second, all agents together")
+    ] = None,
+    max_retries: Annotated[
+        int | None, Opt(help="hosted: the SDK's retries per call (429/5xx/timeouts)")
+    ] = None,
+    timeout: Annotated[float | None, Opt(help="hosted: seconds before a call is retried")] = None,
 ) -> None:
-    """Debate problems of a task and print accuracy (± standard error) and consensus."""
+    """Debate problems of a task and print accuracy (± standard error) and consensus.
+
+    Running it again with the same --run-dir resumes: finished debates are read back, and an
+    interrupted one continues from its last saved answer.
+    """
     task_options = {
         k: v
         for k, v in {"terms": terms, "low": low, "high": high, "operators": operators}.items()
@@ -87,40 +96,53 @@ def debate(
         "temperature": temperature,
         "max_tokens": max_tokens,
     }
-    _run(settings, run_dir, concurrency)
+    # How to talk to the provider, not what the experiment is: kept out of the manifest, so a
+    # resumed run may use another rate or timeout.
+    client = {
+        "requests_per_second": requests_per_second,
+        "max_retries": max_retries,
+        "timeout": timeout,
+    }
+    _run(settings, run_dir, concurrency, client)
 
 
 @app.command()
 def demo(
     run_dir: Annotated[Path, Opt(help="where the demo's run goes")] = Path("runs/demo"),
 ) -> None:
-    """A small debate on the embedded SmolLM2-135M, offline, in a few minutes on 2 CPU cores."""
-    options = {k: DEMO[k] for k in ("terms", "low", "high", "operators")}
-    settings = {
-        "task": DEMO["task"],
-        "task_options": {**options, "seed": 0},
-        "model": "local:smollm2",
-        "agents": DEMO["agents"],
-        "rounds": DEMO["rounds"],
-        "n": DEMO["n"],
-        "split": "test",
-        "summarize": True,
-        "seed": 0,
-        "temperature": None,
-        "max_tokens": DEMO["max_tokens"],
-    }
-    _run(settings, run_dir, concurrency=DEMO["n"])
+    """The whole loop on the embedded SmolLM2-135M, offline: debate, tune each agent, evaluate.
+
+    One iteration on a small problem set (about 10 minutes on 2 CPU cores); prints the table.
+    ``mafl compare`` runs every baseline at full size.
+    """
+    loop_command(
+        run_dir=run_dir,
+        iterations=DEMO["iterations"],
+        n_train=DEMO["n_train"],
+        n_test=DEMO["n_test"],
+        max_tokens=DEMO["max_tokens"],
+        high=DEMO["high"],
+        concurrency=DEMO["n_train"],
+    )
 
 
-def _run(settings: dict[str, Any], run_dir: Path, concurrency: int) -> None:
+def _run(
+    settings: dict[str, Any],
+    run_dir: Path,
+    concurrency: int,
+    client: dict[str, Any] | None = None,
+) -> None:
+    """Check everything, then debate; a bad value exits 2 before anything is written."""
     try:
+        _check_counts(settings, concurrency)
         the_task = get_task(settings["task"], **settings["task_options"])
         problems = the_task.load(settings["split"], settings["n"])
         model_options = {
             k: settings[k] for k in ("temperature", "max_tokens") if settings[k] is not None
         }
-        if settings["model"].startswith("local:"):
-            model_options["seed"] = settings["seed"]
+        # Every provider gets the seed (agent i: seed + i), so agents differ and runs replay.
+        model_options["seed"] = settings["seed"]
+        model_options.update({k: v for k, v in (client or {}).items() if v is not None})
         society = Society.from_model(settings["model"], settings["agents"], **model_options)
         graph = create_debate_graph(
             society,
@@ -130,21 +152,50 @@ def _run(settings: dict[str, Any], run_dir: Path, concurrency: int) -> None:
             seed=settings["seed"],
         )
         prepare_run_dir(run_dir, settings)
+        # Tokens and cost per agent and role; a resumed run adds to what was recorded before.
+        usage = UsageRecorder(run_dir / "usage.json")
     except (ValueError, TypeError, ImportError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        _fail(exc)
     started = time.perf_counter()
-    results = run_debates(
-        graph,
-        problems,
-        run_id="debate",
-        db_path=run_dir / "debates.sqlite",
-        max_concurrency=concurrency,
-    )
+    try:
+        results = run_debates(
+            graph,
+            problems,
+            run_id="debate",
+            db_path=run_dir / "debates.sqlite",
+            max_concurrency=concurrency,
+            callbacks=[usage],
+        )
+    except CheckpointError as exc:  # results of an earlier run stay as they were
+        _fail(exc)
+    finally:
+        usage.save()
     seconds = time.perf_counter() - started
     summary = summarize_debates(results, the_task)
     write_results(run_dir, results, {**_as_dict(summary), "seconds": seconds})
     _print_summary(settings, summary, seconds, run_dir)
+    console.print(f"usage: {usage.describe()} ({run_dir / 'usage.json'})")
+
+
+def _check_counts(settings: dict[str, Any], concurrency: int) -> None:
+    """Refuse counts that cannot make a debate, naming the option and the value."""
+    for option, value in (("--agents", settings["agents"]), ("--rounds", settings["rounds"])):
+        if value < 1:
+            raise ValueError(f"{option} must be at least 1; got {value}.")
+    for option, value in (("--n", settings["n"]), ("--concurrency", concurrency)):
+        if value < 1:
+            raise ValueError(f"{option} must be at least 1; got {value}.")
+    if settings["max_tokens"] is not None and settings["max_tokens"] < 1:
+        raise ValueError(f"--max-tokens must be at least 1; got {settings['max_tokens']}.")
+    temperature = settings["temperature"]
+    if temperature is not None and not 0 <= temperature <= 2:
+        raise ValueError(f"--temperature must lie in [0, 2]; got {temperature}.")
+
+
+def _fail(exc: BaseException) -> NoReturn:
+    """One clear line for a bad input (keys redacted, brackets kept), then exit 2."""
+    console.print(f"[red]error:[/red] {escape(redact(str(exc)))}")
+    raise typer.Exit(2) from exc
 
 
 def _as_dict(summary: DebateSummary) -> dict[str, Any]:
@@ -226,8 +277,7 @@ def datasets_command(
             built.values(), run_dir / "datasets", formats=formats, min_examples=min_examples
         )
     except (ValueError, TypeError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from exc
+        _fail(exc)
     report = {
         "run_dir": str(run_dir),
         "task": settings["task"],
@@ -408,8 +458,7 @@ def tune_command(
             ),
         )
     except (ValueError, TypeError, ImportError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from exc
+        _fail(exc)
     table = Table(title=f"{run_dir} · {backend} · iteration {iteration}")
     last = "s/step · peak RSS" if backend == "local" else "job"
     for column in ("dataset", "from", "tuned model", last):
@@ -435,6 +484,403 @@ def _tune_detail(tuned: Any) -> str:
         m = json.loads(metrics.read_text())
         return f"{m['seconds_per_step']:.2f} s · {m['peak_rss_mb'] / 1024:.1f} GB"
     return str(tuned.job_id or "")
+
+
+# The loop and the comparison --------------------------------------------------------------
+
+
+def _loop_setup(
+    task: str,
+    model: str,
+    agents: int,
+    seed: int,
+    temperature: float | None,
+    max_tokens: int | None,
+    arithmetic: dict[str, Any],
+    data_dir: Path | None,
+    tune: dict[str, Any],
+) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """Society, task, tuner factory and the settings that pin them in the manifest."""
+    import functools
+
+    from mafl_graph.finetune.tuners import LocalTuneConfig, get_tuner
+
+    task_options = {k: v for k, v in arithmetic.items() if v is not None}
+    if task.lower() == "arithmetic":
+        task_options["seed"] = seed
+    elif task_options:
+        raise ValueError(f"{sorted(task_options)} only apply to --task arithmetic.")
+    if data_dir is not None:
+        task_options["data_dir"] = str(data_dir)
+    the_task = get_task(task, **task_options)
+    model_options: dict[str, Any] = {
+        k: v for k, v in {"temperature": temperature, "max_tokens": max_tokens}.items() if v
+    }
+    if model.startswith("local:"):
+        model_options["seed"] = seed
+    society = Society.from_model(model, agents, **model_options)
+    if not model.startswith("local:"):
+        raise ValueError(
+            "`mafl loop`/`mafl compare` tune with the local tuner; for OpenAI or Vertex, run "
+            "`mafl debate`, `mafl datasets` and `mafl tune --backend …` per iteration."
+        )
+    config = LocalTuneConfig(**{"seed": seed, **{k: v for k, v in tune.items() if v is not None}})
+    factory = functools.partial(
+        get_tuner, "local", model=model.removeprefix("local:"), config=config
+    )
+    settings = {
+        "model": model,
+        "task_options": task_options,
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+        "tune": dataclasses.asdict(config),
+    }
+    return society, the_task, factory, settings
+
+
+_TASK_HELP = "arithmetic, gsm8k or math"
+
+
+@app.command("loop")
+def loop_command(
+    run_dir: Annotated[Path, Opt(help="where everything of the run goes")] = Path("runs/loop"),
+    method: Annotated[str, Opt(help="multiagent, single (STaR) or majority (majority FT)")] = (
+        "multiagent"
+    ),
+    iterations: Annotated[int, Opt(help="fine-tuning iterations")] = 2,
+    task: Annotated[str, Opt(help=_TASK_HELP)] = "arithmetic",
+    model: Annotated[str, Opt(help="the base model (local:smollm2, local:/path)")] = (
+        "local:smollm2"
+    ),
+    agents: Annotated[int, Opt(help="number of debating agents")] = 3,
+    rounds: Annotated[int, Opt(help="debate rounds")] = 2,
+    summarize: Annotated[bool, Opt(help="summarize the other agents' answers")] = True,
+    critics: Annotated[bool, Opt(help="tune critics (--no-critics: the ablation)")] = True,
+    n_train: Annotated[int, Opt(help="train problems debated per iteration")] = 100,
+    n_test: Annotated[int, Opt(help="test problems evaluated per iteration")] = 100,
+    w: Annotated[float, Opt(help="share of D_C- in each critic's set")] = 0.67,
+    seed: Annotated[int, Opt(help="seed for sampling, problems, mixing and tuning")] = 0,
+    temperature: Annotated[float | None, Opt(help="sampling temperature")] = None,
+    max_tokens: Annotated[int | None, Opt(help="at most this many new tokens per reply")] = 64,
+    concurrency: Annotated[int, Opt(help="problems debated at once")] = 16,
+    terms: Annotated[int | None, Opt(help="arithmetic: numbers per expression")] = 2,
+    low: Annotated[int | None, Opt(help="arithmetic: smallest number")] = 0,
+    high: Annotated[int | None, Opt(help="arithmetic: largest number")] = 20,
+    operators: Annotated[str | None, Opt(help="arithmetic: operator pattern")] = "+",
+    data_dir: Annotated[Path | None, Opt(help="gsm8k/math: local data directory")] = None,
+    epochs: Annotated[float, Opt(help="tuning: passes over each dataset")] = 2.0,
+    learning_rate: Annotated[float, Opt(help="tuning: learning rate")] = 3e-4,
+    batch_size: Annotated[int, Opt(help="tuning: examples per step")] = 8,
+    lora_r: Annotated[int, Opt(help="tuning: LoRA rank")] = 16,
+    max_steps: Annotated[int | None, Opt(help="tuning: at most this many steps")] = None,
+) -> None:
+    """Iterate debate(train) -> datasets -> tune -> debate(test); resumable; prints a table."""
+    from mafl_graph.diversity import measure
+    from mafl_graph.loop import MultiagentFinetuning
+    from mafl_graph.report import iteration_table
+
+    try:
+        society, the_task, tuner, settings = _loop_setup(
+            task,
+            model,
+            agents,
+            seed,
+            temperature,
+            max_tokens,
+            {"terms": terms, "low": low, "high": high, "operators": operators},
+            data_dir,
+            _tune_options(epochs, learning_rate, batch_size, lora_r, max_steps),
+        )
+        loop = MultiagentFinetuning(
+            society,
+            the_task,
+            tuner,
+            iterations=iterations,
+            n_train=n_train,
+            n_test=n_test,
+            rounds=rounds,
+            summarize=summarize,
+            method=method,  # type: ignore[arg-type]
+            tune_critics=critics,
+            w=w,
+            seed=seed,
+            concurrency=concurrency,
+            diversity=measure,
+            settings=settings,
+        )
+    except (ValueError, TypeError, ImportError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+    _logging()
+    metrics = loop.run(run_dir)
+    console.print(iteration_table(metrics, title=f"{method} · {run_dir}"))
+
+
+@app.command("compare")
+def compare_command(
+    run_dir: Annotated[Path, Opt(help="one subdirectory per method goes here")] = Path(
+        "runs/compare"
+    ),
+    methods: Annotated[str, Opt(help="comma-separated subset of the methods")] = ",".join(
+        ("majority-vote", "multiagent", "single", "majority", "no-summarizer", "no-critics")
+    ),
+    iterations: Annotated[int, Opt(help="iterations of multiagent and single-agent FT")] = 2,
+    ablation_iterations: Annotated[int, Opt(help="iterations of majority FT, ablations")] = 1,
+    task: Annotated[str, Opt(help=_TASK_HELP)] = "arithmetic",
+    model: Annotated[str, Opt(help="the base model")] = "local:smollm2",
+    agents: Annotated[int, Opt(help="number of debating agents")] = 3,
+    rounds: Annotated[int, Opt(help="debate rounds")] = 2,
+    n_train: Annotated[int, Opt(help="train problems")] = 100,
+    n_test: Annotated[int, Opt(help="test problems")] = 100,
+    w: Annotated[float, Opt(help="share of D_C- in each critic's set")] = 0.67,
+    seed: Annotated[int, Opt(help="seed for everything")] = 0,
+    temperature: Annotated[float | None, Opt(help="sampling temperature")] = None,
+    max_tokens: Annotated[int | None, Opt(help="at most this many new tokens per reply")] = 64,
+    concurrency: Annotated[int, Opt(help="problems debated at once")] = 16,
+    terms: Annotated[int | None, Opt(help="arithmetic: numbers per expression")] = 2,
+    low: Annotated[int | None, Opt(help="arithmetic: smallest number")] = 0,
+    high: Annotated[int | None, Opt(help="arithmetic: largest number")] = 20,
+    operators: Annotated[str | None, Opt(help="arithmetic: operator pattern")] = "+",
+    data_dir: Annotated[Path | None, Opt(help="gsm8k/math: local data directory")] = None,
+    epochs: Annotated[float, Opt(help="tuning: passes over each dataset")] = 2.0,
+    learning_rate: Annotated[float, Opt(help="tuning: learning rate")] = 3e-4,
+    batch_size: Annotated[int, Opt(help="tuning: examples per step")] = 8,
+    lora_r: Annotated[int, Opt(help="tuning: LoRA rank")] = 16,
+    max_steps: Annotated[int | None, Opt(help="tuning: at most this many steps")] = None,
+    diversity: Annotated[bool, Opt(help="measure diversity after each evaluation")] = True,
+) -> None:
+    """Every baseline of the paper's Table 1 on one harness, then the report (table + plots)."""
+    from mafl_graph.compare import compare_methods
+    from mafl_graph.diversity import measure
+    from mafl_graph.report import write_report
+
+    try:
+        society, the_task, tuner, settings = _loop_setup(
+            task,
+            model,
+            agents,
+            seed,
+            temperature,
+            max_tokens,
+            {"terms": terms, "low": low, "high": high, "operators": operators},
+            data_dir,
+            _tune_options(epochs, learning_rate, batch_size, lora_r, max_steps),
+        )
+    except (ValueError, TypeError, ImportError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+    _logging()
+    compare_methods(
+        society,
+        the_task,
+        tuner,
+        run_dir,
+        methods=[m.strip() for m in methods.split(",") if m.strip()],
+        iterations=iterations,
+        ablation_iterations=ablation_iterations,
+        n_train=n_train,
+        n_test=n_test,
+        rounds=rounds,
+        w=w,
+        seed=seed,
+        concurrency=concurrency,
+        diversity=measure if diversity else None,
+        settings=settings,
+    )
+    report = write_report(run_dir)
+    console.print(report.read_text())
+
+
+@app.command("report")
+def report_command(
+    run_dir: Annotated[Path, Opt(help="a `mafl compare` or `mafl loop` directory")] = Path(
+        "runs/compare"
+    ),
+) -> None:
+    """Write report.md (Table 1 style), accuracy.png and diversity.png; print the table."""
+    from mafl_graph.report import write_report
+
+    try:
+        path = write_report(run_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+    console.print(path.read_text())
+    console.print(f"Wrote {path}.")
+
+
+@app.command("eval")
+def eval_command(
+    run_dir: Annotated[Path, Opt(help="a `mafl loop` run whose tuned society is evaluated")] = (
+        Path("runs/loop")
+    ),
+    train_task: Annotated[str, Opt(help="the task the society was tuned on (checked)")] = (
+        "arithmetic"
+    ),
+    test_task: Annotated[str, Opt(help="the task to evaluate on: " + _TASK_HELP)] = "gsm8k",
+    n: Annotated[int, Opt(help="test problems")] = 100,
+    data_dir: Annotated[Path | None, Opt(help="gsm8k/math: local data directory")] = None,
+    terms: Annotated[int | None, Opt(help="arithmetic test task: numbers per expression")] = None,
+    low: Annotated[int | None, Opt(help="arithmetic test task: smallest number")] = None,
+    high: Annotated[int | None, Opt(help="arithmetic test task: largest number")] = None,
+    operators: Annotated[str | None, Opt(help="arithmetic test task: operators")] = None,
+    concurrency: Annotated[int, Opt(help="problems debated at once")] = 16,
+) -> None:
+    """Zero-shot transfer (paper Fig. 5): the base and the tuned society on another task."""
+    from mafl_graph.evaluate import evaluate_society
+    from mafl_graph.finetune.tuners import load_tuned
+    from mafl_graph.report import markdown_table, rows
+
+    try:
+        settings = _run_settings(run_dir)
+        if settings["task"] != train_task:
+            raise ValueError(f"{run_dir} was tuned on {settings['task']!r}, not {train_task!r}.")
+        tuned_path = run_dir / "tuned.json"
+        if not tuned_path.is_file():
+            raise FileNotFoundError(f"{tuned_path} not found: the loop has not tuned yet.")
+        loop, settings = _loop_from_manifest(settings)
+        options = {
+            k: v
+            for k, v in {"terms": terms, "low": low, "high": high, "operators": operators}.items()
+            if v is not None
+        }
+        if data_dir is not None:
+            options["data_dir"] = str(data_dir)
+        target = get_task(test_task, **options)
+        problems = target.load("test", n)
+        societies = {"base": loop.society, "tuned": loop.society_after(load_tuned(tuned_path))}
+    except (ValueError, TypeError, ImportError, FileNotFoundError, KeyError) as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+    out = run_dir / "transfer" / target.name
+    records = []
+    for iteration, (name, society) in enumerate(societies.items()):
+        evaluation = evaluate_society(
+            society,
+            target,
+            problems,
+            db_path=out / f"{name}.sqlite",
+            rounds=settings["rounds"],
+            summarize=settings["summarize"],
+            seed=settings["seed"],
+            concurrency=concurrency,
+            metadata={"iteration": iteration, "split": "transfer"},
+        )
+        records.append({"iteration": iteration, "eval": evaluation.as_dict()})
+    write_json(out / "metrics.json", records)
+    table = markdown_table(rows({f"tuned on {train_task}, tested on {target.name}": records}))
+    (out / "report.md").write_text(table)
+    console.print(table)
+
+
+@app.command("sweep")
+def sweep_command(
+    run_dir: Annotated[Path, Opt(help="one loop per setting goes under here")] = Path("runs/sweep"),
+    grid: Annotated[
+        list[str],
+        Opt(help="NAME=V1,V2 (agents, rounds, w, learning_rate, epochs, n_train); repeatable"),
+    ] = ["w=0.5,0.67,0.9"],  # noqa: B006 - typer reads list defaults, never mutated
+    iterations: Annotated[int, Opt(help="iterations of each loop")] = 1,
+    n_train: Annotated[int, Opt(help="train problems (unless swept)")] = 100,
+    n_test: Annotated[int, Opt(help="test problems")] = 100,
+    max_tokens: Annotated[int | None, Opt(help="at most this many new tokens per reply")] = 64,
+    high: Annotated[int | None, Opt(help="arithmetic: largest number")] = 20,
+) -> None:
+    """Run the loop for every combination of a grid of settings; write one table."""
+    import itertools
+
+    from mafl_graph.report import markdown_table, rows
+
+    swept = {"agents": int, "rounds": int, "n_train": int, "w": float}
+    swept |= {"learning_rate": float, "epochs": float}
+    axes: dict[str, list[Any]] = {}
+    try:
+        for item in grid:
+            name, _, values = item.partition("=")
+            if name not in swept or not values:
+                raise ValueError(
+                    f"--grid {item!r}: expected NAME=V1,V2 with NAME in {list(swept)}."
+                )
+            axes[name] = [swept[name](v) for v in values.split(",")]
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+    table: dict[str, list[dict[str, Any]]] = {}
+    for combination in itertools.product(*axes.values()):
+        point = dict(zip(axes, combination, strict=True))
+        label = ",".join(f"{k}={v}" for k, v in point.items())
+        options: dict[str, Any] = {"iterations": iterations, "n_train": n_train}
+        options |= {"n_test": n_test, "max_tokens": max_tokens, "high": high, **point}
+        loop_command(run_dir=run_dir / label, **options)
+        table[label] = _read_metrics(run_dir / label / "metrics.json")
+    text = markdown_table(rows(table))
+    (run_dir / "sweep.md").write_text(text)
+    console.print(text)
+    console.print(f"Wrote {run_dir / 'sweep.md'}.")
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = json.loads(path.read_text())
+    return records
+
+
+def _loop_from_manifest(settings: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The loop a run directory was made with, rebuilt from its manifest's settings."""
+    from mafl_graph.loop import MultiagentFinetuning
+
+    task_options = dict(settings.get("task_options", {}))
+    task_options.pop("seed", None)
+    data_dir = task_options.pop("data_dir", None)
+    society, the_task, tuner, _ = _loop_setup(
+        settings["task"],
+        settings["model"],
+        settings["agents"],
+        settings["seed"],
+        settings.get("temperature"),
+        settings.get("max_tokens"),
+        task_options,
+        Path(data_dir) if data_dir else None,
+        settings.get("tune", {}),
+    )
+    loop = MultiagentFinetuning(
+        society,
+        the_task,
+        tuner,
+        n_train=settings["n_train"],
+        n_test=settings["n_test"],
+        rounds=settings["rounds"],
+        summarize=settings["summarize"],
+        method=settings["method"],
+        tune_critics=settings["tune_critics"],
+        w=settings["w"],
+        seed=settings["seed"],
+    )
+    return loop, settings
+
+
+def _tune_options(
+    epochs: float, learning_rate: float, batch_size: int, lora_r: int, max_steps: int | None
+) -> dict[str, Any]:
+    return {
+        "epochs": epochs,
+        "learning_rate": learning_rate,
+        "batch_size": batch_size,
+        "lora_r": lora_r,
+        "lora_alpha": 2 * lora_r,
+        "max_steps": max_steps,
+    }
+
+
+def _logging() -> None:
+    """Step messages of the loop on the console, next to tqdm's progress bars."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=console, show_path=False)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+    for name in ("mafl_graph.loop", "mafl_graph.compare"):
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 def main() -> None:  # pragma: no cover - console entry point

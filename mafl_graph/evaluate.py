@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from mafl_graph.debate.run import DebateResult
-from mafl_graph.tasks.base import Task
+from mafl_graph.debate.graph import create_debate_graph
+from mafl_graph.debate.run import DebateResult, run_debates
+from mafl_graph.society import Society
+from mafl_graph.tasks.base import Problem, Task
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,9 @@ class Accuracy:
     def __str__(self) -> str:
         return f"{100 * self.mean:.1f} ± {100 * self.stderr:.1f}% ({self.correct}/{self.n})"
 
+    def as_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "stderr": self.stderr, "correct": self.correct, "n": self.n}
+
 
 @dataclass(frozen=True)
 class DebateSummary:
@@ -42,6 +51,13 @@ class DebateSummary:
     round_accuracy: list[Accuracy]
     consensus: float
     failed: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **dataclasses.asdict(self),
+            "accuracy": self.accuracy.as_dict(),
+            "round_accuracy": [a.as_dict() for a in self.round_accuracy],
+        }
 
 
 def accuracy(flags: Sequence[bool | None]) -> Accuracy:
@@ -67,4 +83,65 @@ def summarize_debates(results: Sequence[DebateResult], task: Task) -> DebateSumm
         round_accuracy=round_accuracy,
         consensus=sum(res.consensus_fraction for res in ok) / len(ok) if ok else 0.0,
         failed=len(results) - len(ok),
+    )
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A society's debates on a problem set: what it scored and what it cost."""
+
+    summary: DebateSummary
+    calls: int
+    tokens: int
+    """Prompt plus reply tokens of every call (0 where the models report no usage)."""
+    seconds: float
+    results: list[DebateResult]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **self.summary.as_dict(),
+            "calls": self.calls,
+            "tokens": self.tokens,
+            "seconds": self.seconds,
+        }
+
+
+def evaluate_society(
+    society: Society,
+    task: Task,
+    problems: Sequence[Problem],
+    *,
+    db_path: str | Path,
+    run_id: str = "eval",
+    rounds: int = 2,
+    summarize: bool = True,
+    seed: int = 0,
+    concurrency: int = 16,
+    metadata: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> Evaluation:
+    """Debate ``problems`` with ``society`` (checkpointed at ``db_path``, so a rerun resumes).
+
+    With one round this is independent answering: one agent is the single-agent baseline,
+    n agents are majority voting over n samples.
+    """
+    graph = create_debate_graph(society, task, rounds=rounds, summarize=summarize, seed=seed)
+    started = time.perf_counter()
+    results = run_debates(
+        graph,
+        problems,
+        run_id=run_id,
+        db_path=db_path,
+        max_concurrency=concurrency,
+        metadata=metadata,
+        progress=progress,
+    )
+    seconds = time.perf_counter() - started
+    calls = [r for res in results for r in (*res.responses, *res.summaries)]
+    return Evaluation(
+        summary=summarize_debates(results, task),
+        calls=len(calls),
+        tokens=sum(r.get("tokens", 0) for r in calls),
+        seconds=seconds,
+        results=results,
     )

@@ -17,12 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from mafl_graph.debate.run import DebateResult
+from mafl_graph.redact import check_no_secrets
 
 _PACKAGES = ("mafl-graph", "langgraph", "langchain-core", "transformers", "torch")
 
 
 def prepare_run_dir(run_dir: Path, settings: Mapping[str, Any]) -> None:
-    """Create ``run_dir`` with its manifest, or check that it was made with ``settings``."""
+    """Create ``run_dir`` with its manifest, or check that it was made with ``settings``.
+
+    Settings that look like credentials are refused: the manifest is meant to be shared.
+    """
+    check_no_secrets(settings, "settings")
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = run_dir / "manifest.json"
     settings = json.loads(json.dumps(settings))  # the form it takes on disk
@@ -41,14 +46,14 @@ def prepare_run_dir(run_dir: Path, settings: Mapping[str, Any]) -> None:
                 "resume it with its own settings or choose a new run directory."
             )
         return
-    _write_json(manifest, {"settings": settings, "versions": _versions()})
+    write_json(manifest, {"settings": settings, "versions": _versions()})
 
 
 def write_results(run_dir: Path, results: Sequence[DebateResult], summary: Any) -> None:
     """Results per problem (JSONL) and the summary (JSON), rewritten atomically."""
     lines = "".join(json.dumps(asdict(r)) + "\n" for r in results)
     _write_text(run_dir / "results.jsonl", lines)
-    _write_json(run_dir / "summary.json", summary)
+    write_json(run_dir / "summary.json", summary)
 
 
 def _versions() -> dict[str, str]:
@@ -61,7 +66,7 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _write_json(path: Path, value: Any) -> None:
+def write_json(path: Path, value: Any) -> None:
     _write_text(path, json.dumps(value, indent=2) + "\n")
 
 

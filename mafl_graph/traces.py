@@ -34,8 +34,9 @@ from typing import Any
 from langgraph.checkpoint.base import BaseCheckpointSaver, CheckpointTuple
 from langgraph.checkpoint.sqlite import SqliteSaver
 
-from mafl_graph.debate.run import RUN_KEY
+from mafl_graph.debate.run import RUN_KEY, damaged_database
 from mafl_graph.debate.state import Response
+from mafl_graph.redact import redact
 
 _ERROR_CHANNEL = "__error__"  # where LangGraph keeps a failed task's exception
 
@@ -134,6 +135,12 @@ def read_traces_sqlite(
         raise FileNotFoundError(f"no checkpoint database at {path}; run the debates first.")
     conn = sqlite3.connect(str(path), check_same_thread=False)
     try:
+        try:  # a damaged file gets one clear error instead of a failure deep in the saver
+            found = [str(row[0]) for row in conn.execute("PRAGMA quick_check")]
+        except sqlite3.DatabaseError as exc:
+            found = [str(exc)]
+        if found != ["ok"]:
+            raise damaged_database(path, "; ".join(found[:3]))
         return read_traces(SqliteSaver(conn), run_id, filter=filter)
     finally:
         conn.close()
@@ -202,7 +209,15 @@ def _responses(values: Mapping[str, Any], key: str, thread: str) -> list[Respons
 
 
 def _error(saved: CheckpointTuple) -> str | None:
-    for _task, channel, value in saved.pending_writes or []:
-        if channel == _ERROR_CHANNEL:
-            return f"{type(value).__name__}: {value}"
-    return None
+    """The error that stopped the thread's last step.
+
+    Savers keep an exception as its ``repr`` (a str). When one task fails, LangGraph cancels
+    its siblings and records a CancelledError for each: the cause is the other one.
+    """
+    errors = [
+        value if isinstance(value, str) else f"{type(value).__name__}: {value}"
+        for _task, channel, value in saved.pending_writes or []
+        if channel == _ERROR_CHANNEL
+    ]
+    causes = [e for e in errors if not e.startswith("CancelledError")]
+    return redact((causes or errors or [""])[0]) or None

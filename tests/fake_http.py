@@ -52,7 +52,7 @@ def serve(handler: Handler) -> Iterator[tuple[str, list[Call]]]:
             self.end_headers()
             self.wfile.write(body)
 
-        do_GET = do_POST = do_DELETE = _any
+        do_GET = do_POST = do_DELETE = do_PATCH = do_PUT = _any
 
         def log_message(self, *args: Any) -> None:  # keep test output clean
             pass

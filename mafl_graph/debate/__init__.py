@@ -1,11 +1,12 @@
 """The debate graph: state, prompts, nodes, graph factory and the durable runner."""
 
-from mafl_graph.debate.graph import create_debate_graph
+from mafl_graph.debate.graph import create_debate_graph, transient_retry
 from mafl_graph.debate.prompts import DebatePrompts
-from mafl_graph.debate.run import DebateResult, arun_debates, run_debates
+from mafl_graph.debate.run import CheckpointError, DebateResult, arun_debates, run_debates
 from mafl_graph.debate.state import DebateInput, DebateState, Response
 
 __all__ = [
+    "CheckpointError",
     "DebateInput",
     "DebatePrompts",
     "DebateResult",
@@ -14,4 +15,5 @@ __all__ = [
     "arun_debates",
     "create_debate_graph",
     "run_debates",
+    "transient_retry",
 ]

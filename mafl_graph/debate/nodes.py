@@ -27,7 +27,8 @@ from mafl_graph.debate.state import (
     latest_responses,
 )
 from mafl_graph.grading import majority_vote
-from mafl_graph.models import model_label
+from mafl_graph.models import EmptyReplyError, model_label
+from mafl_graph.redact import scrub_exception
 from mafl_graph.society import Society
 from mafl_graph.tasks.base import Problem, Task
 
@@ -149,20 +150,35 @@ class DebateNodes:
 
         def run(turn: AgentTurn, config: RunnableConfig) -> Any:
             call = plan(turn)
-            reply = call.model.invoke(_as_input(call), _call_config(call, turn, config))
+            try:
+                reply = call.model.invoke(_as_input(call), _call_config(call, turn, config))
+            except Exception as exc:  # LangGraph records it in the checkpoint: no keys there
+                scrub_exception(exc)
+                raise
             return finish(turn, self._response(call, reply))
 
         async def arun(turn: AgentTurn, config: RunnableConfig) -> Any:
             call = plan(turn)
-            reply = await call.model.ainvoke(_as_input(call), _call_config(call, turn, config))
+            try:
+                reply = await call.model.ainvoke(_as_input(call), _call_config(call, turn, config))
+            except Exception as exc:
+                scrub_exception(exc)
+                raise
             return finish(turn, self._response(call, reply))
 
         return _node_runnable(run, arun, name)
 
     def _response(self, call: _Call, reply: BaseMessage) -> Response:
         text = reply.text if isinstance(reply.text, str) else str(reply.content)
+        if not text.strip():
+            # Nothing to grade and nothing to debate: the others would be shown a blank answer.
+            # Raised (and retried by the node's policy) rather than recorded as a wrong answer.
+            raise EmptyReplyError(
+                f"{model_label(call.model)} ({call.role} of agent {call.agent}, round "
+                f"{call.round}) returned an empty reply"
+            )
         answer = None if call.role == "summarizer" else self.task.extract_answer(text)
-        return Response(
+        response = Response(
             agent=call.agent,
             role=call.role,
             round=call.round,
@@ -171,6 +187,10 @@ class DebateNodes:
             answer=answer,
             model=model_label(call.model),
         )
+        usage = getattr(reply, "usage_metadata", None)
+        if usage:
+            response["tokens"] = int(usage.get("total_tokens", 0))
+        return response
 
     # Voting ------------------------------------------------------------------------------
 

@@ -8,7 +8,11 @@ exactly as the model saw it.
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Literal, NotRequired, TypedDict
+from typing import Annotated, Literal, NotRequired
+
+# typing_extensions' TypedDict: pydantic (and so LangGraph Studio's input/output schemas) refuses
+# typing.TypedDict before Python 3.12.
+from typing_extensions import TypedDict
 
 Role = Literal["generator", "critic", "summarizer"]
 
@@ -30,6 +34,8 @@ class Response(TypedDict):
     answer: str | None
     """The task's parse of ``text``; None when it states no answer (counted wrong)."""
     model: str
+    tokens: NotRequired[int]
+    """Prompt plus reply tokens, where the model reports usage: what the call cost."""
 
 
 class DebateInput(TypedDict):

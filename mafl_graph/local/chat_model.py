@@ -4,6 +4,7 @@ exactly like Gemini or OpenAI (swapping them changes a string, not the graph).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackMana
 from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import AIMessage, BaseMessage, ChatMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
-from pydantic import field_validator
+from pydantic import PrivateAttr, field_validator
 
 from mafl_graph.local.engine import Generation, LocalEngine, load_local_model
 from mafl_graph.local.loading import SMOLLM2_ALIAS, check_dtype
@@ -43,6 +44,7 @@ class LocalChatModel(BaseChatModel):
     """Weights in memory: float32 (fastest for one stream on CPU) or bfloat16/float16."""
     adapter: str | None = None
     """A PEFT LoRA adapter directory applied on top of the shared base (e.g. a tuned agent)."""
+    _engine: LocalEngine | None = PrivateAttr(default=None)
 
     @field_validator("dtype")
     @classmethod
@@ -100,7 +102,9 @@ class LocalChatModel(BaseChatModel):
     @property
     def engine(self) -> LocalEngine:
         """The shared engine (loading, and on first ever use converting, the model)."""
-        return load_local_model(self.model_path, self.dtype)
+        if self._engine is None:
+            self._engine = load_local_model(self.model_path, self.dtype)
+        return self._engine
 
     def _generate(
         self,
@@ -121,6 +125,10 @@ class LocalChatModel(BaseChatModel):
     ) -> ChatResult:
         # Native async: awaiting the batch costs no thread, so hundreds of concurrent graph
         # calls can wait in one batch (the default path would cap them at the executor's size).
+        # The first call loads the weights (file reads for seconds) in a thread: async servers
+        # refuse blocking calls on their event loop (`langgraph dev` raises BlockingError).
+        if self._engine is None:
+            await asyncio.to_thread(lambda: self.engine)
         result = await self.engine.agenerate(to_chatml(messages), **self._options(stop, kwargs))
         return _chat_result(result, self.model_path)
 

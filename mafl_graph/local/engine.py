@@ -153,6 +153,32 @@ class LocalEngine:
             adapter=self.adapter_name(adapter) if adapter is not None else BASE_ADAPTER,
         )
 
+    def next_token_logprobs(
+        self, messages: list[dict[str, str]], reply: str, adapter: str | Path | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probabilities over the vocabulary before each token of ``reply``, and its ids.
+
+        What the model (with ``adapter``) would say at each step of a given answer: the raw
+        material of the likelihood and KL diversity measures. Shapes: ``[T, vocab]``, ``[T]``.
+        """
+        import torch
+
+        with self._tokenizer_lock:
+            prompt = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+            answer = self.tokenizer(reply, add_special_tokens=False)["input_ids"]
+        room = self.context_window - len(prompt)
+        answer = list(answer)[: max(room, 0)] or [min(self._eos_ids())]
+        ids = torch.tensor([list(prompt) + answer])
+        name = self.adapter_name(adapter) if adapter is not None else BASE_ADAPTER
+        with self._model_lock, torch.inference_mode():
+            model, extra = self.model, {}
+            if self._peft is not None:
+                model, extra = self._peft, {"adapter_names": [name]}
+            logits = model(input_ids=ids, **extra).logits[0, len(prompt) - 1 : -1].float()
+        return torch.log_softmax(logits, dim=-1), torch.tensor(answer)
+
     def adapter_name(self, path: str | Path) -> str:
         """Load the LoRA adapter at ``path`` into the shared base (once) and return its name."""
         directory = Path(path).expanduser().resolve()

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from langchain_core.language_models import BaseChatModel
+
 from mafl_graph.finetune.datasets import TrainedRole
 from mafl_graph.finetune.tuners.base import TunedModel, Tuner
 from mafl_graph.society import Society
@@ -54,19 +56,20 @@ def tune_run(
     base: str | None = None,
     previous: Mapping[Key, TunedModel] | None = None,
     on_outcome: Callable[[TuneOutcome], None] | None = None,
+    datasets_dir: str | Path | None = None,
 ) -> list[TuneOutcome]:
     """Tune each dataset of ``run_dir``; (agent, role) found in ``previous`` continue from it.
 
     ``base``: where the others start (default: the tuner's ``default_base``). One failure does
     not stop the others; every outcome is returned (and passed to ``on_outcome`` as it ends).
+    ``datasets_dir``: where the datasets are (default ``<run_dir>/datasets``).
     """
     run_dir = Path(run_dir)
     suffix = str(getattr(tuner, "dataset_suffix", ".openai.jsonl"))
-    datasets = find_datasets(run_dir / "datasets", suffix)
+    where = Path(datasets_dir) if datasets_dir is not None else run_dir / "datasets"
+    datasets = find_datasets(where, suffix)
     if not datasets:
-        raise FileNotFoundError(
-            f"No agent*-*{suffix} files in {run_dir / 'datasets'}; run `mafl datasets` first."
-        )
+        raise FileNotFoundError(f"No agent*-*{suffix} files in {where}; run `mafl datasets` first.")
     start = base or str(getattr(tuner, "default_base", ""))
     previous = previous or {}
 
@@ -110,15 +113,66 @@ def save_tuned(
     return path
 
 
+_TUNED_FIELDS = ("agent", "role", "backend", "model", "base")
+
+
 def load_tuned(path: str | Path) -> dict[Key, TunedModel]:
-    """The (agent, role) -> TunedModel mapping of a ``tuned.json``."""
-    record: dict[str, Any] = json.loads(Path(path).read_text())
-    models = (TunedModel.from_dict(m) for m in record.get("models", []))
-    return {(m.agent, m.role): m for m in models}
+    """The (agent, role) -> TunedModel mapping of a ``tuned.json``, checked before use.
+
+    Each problem gets one error naming the file, the entry and what to do: a run that finds
+    out hours later that agent 2's adapter is missing has wasted the hours.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; pass the tuned.json `mafl tune` wrote.")
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"{path} is not valid JSON ({exc}); restore it, or run `mafl tune` again "
+            "(finished jobs are read back from the ledger, not paid again)."
+        ) from exc
+    entries = record.get("models") if isinstance(record, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError(f"{path} has no 'models' list; is it a tuned.json written by mafl tune?")
+    tuned: dict[Key, TunedModel] = {}
+    for i, entry in enumerate(entries):
+        missing = [f for f in _TUNED_FIELDS if not isinstance(entry, dict) or f not in entry]
+        if missing:
+            raise ValueError(f"{path}, models[{i}] lacks {missing}; every entry needs these.")
+        model = TunedModel.from_dict(entry)
+        if model.backend == "local" and not Path(model.model).expanduser().is_dir():
+            kind = "model" if model.options.get("full") else "adapter"
+            raise FileNotFoundError(
+                f"{path}, models[{i}] ({model.name}): the {kind} "
+                f"directory {model.model!r} does not exist; restore it, or tune iteration "
+                f"{model.iteration} again."
+            )
+        tuned[(model.agent, model.role)] = model
+    return tuned
+
+
+# What a tuned model keeps of the model it replaces: its sampling, so that tuning changes the
+# weights and nothing else (and agent i keeps its own seed, or tuned agents sample alike).
+SAMPLING = ("temperature", "top_p", "max_new_tokens", "max_tokens", "seed", "dtype")
 
 
 def tuned_society(society: Society, tuned: Mapping[Key, TunedModel], **chat_kwargs: Any) -> Society:
-    """``society`` with each tuned (agent, role) replaced by its tuned chat model."""
-    generators = {a: m.chat_model(**chat_kwargs) for (a, r), m in tuned.items() if r == "generator"}
-    critics = {a: m.chat_model(**chat_kwargs) for (a, r), m in tuned.items() if r == "critic"}
+    """``society`` with each tuned (agent, role) replaced by its tuned chat model.
+
+    Each tuned model takes the sampling settings of the model it replaces (``chat_kwargs``
+    win), where both model classes have them.
+    """
+    generators: dict[int, BaseChatModel] = {}
+    critics: dict[int, BaseChatModel] = {}
+    for (agent, role), model in tuned.items():
+        old = getattr(society.agents[agent], role)
+        chat = model.chat_model(**{**sampling_of(old), **chat_kwargs})
+        (generators if role == "generator" else critics)[agent] = chat
     return society.replace(generators=generators, critics=critics)
+
+
+def sampling_of(model: Any) -> dict[str, Any]:
+    """The sampling settings of a chat model that are pydantic fields (see SAMPLING)."""
+    fields = getattr(type(model), "model_fields", {})
+    return {k: getattr(model, k) for k in SAMPLING if k in fields}

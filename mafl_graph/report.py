@@ -1,0 +1,204 @@
+"""Tables and plots of a comparison (``mafl compare``) or a single loop (``mafl loop``).
+
+The table follows the paper's Table 1 (one row per method: its best-known iteration, i.e. the
+last one run), plus one row per iteration for the methods that iterate; the plots follow its
+Fig. 1 (accuracy per iteration, multiagent vs single-agent fine-tuning) and the diversity
+measures per iteration.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from mafl_graph.compare import BASELINES
+
+_LABELS = {
+    "majority-vote": "majority vote (base, one sample per debate answer)",
+    "multiagent": "multiagent FT (ours)",
+    "single": "single-agent FT (STaR)",
+    "majority": "majority FT",
+    "no-summarizer": "multiagent FT without summarizer",
+    "no-critics": "multiagent FT without critics",
+}
+
+
+def load_metrics(run_dir: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """``{method: metrics}`` of a comparison directory, or ``{"loop": …}`` of one loop."""
+    run_dir = Path(run_dir)
+    if (run_dir / "metrics.json").is_file():
+        return {"loop": _read(run_dir / "metrics.json")}
+    found = {
+        name: _read(run_dir / name / "metrics.json")
+        for name in BASELINES
+        if (run_dir / name / "metrics.json").is_file()
+    }
+    if not found:
+        raise FileNotFoundError(f"No metrics.json in {run_dir} or its method subdirectories.")
+    return found
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = json.loads(path.read_text())
+    return records
+
+
+def _pct(acc: Mapping[str, Any] | None) -> str:
+    if not acc or not acc.get("n"):
+        return "–"
+    return f"{100 * acc['mean']:.1f} ± {100 * acc['stderr']:.1f}"
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def rows(metrics: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, str]]:
+    """One row per (method, evaluated iteration), in the table's column order."""
+    out = []
+    for method, records in metrics.items():
+        for record in records:
+            ev = record.get("eval")
+            if not ev:
+                continue
+            rounds = ev.get("round_accuracy") or [None]
+            diversity = record.get("diversity") or {}
+            train = record.get("train") or {}
+            tuning = record.get("tuning") or {}
+            sizes = (record.get("datasets") or {}).get("datasets", {})
+            out.append(
+                {
+                    "method": "base (untuned debate)"
+                    if record["iteration"] == 0 and method != "majority-vote"
+                    else _LABELS.get(method, method),
+                    "iteration": str(record["iteration"]),
+                    "single agent (round 1)": _pct(rounds[0]),
+                    "final answer (vote)": _pct(ev.get("accuracy")),
+                    "consensus": f"{100 * ev.get('consensus', 0):.0f}%",
+                    "embedding dissim.": _num(diversity.get("embedding_dissimilarity")),
+                    "NLL": _num(diversity.get("likelihood_nll"), 2),
+                    "KL": _num(diversity.get("kl")),
+                    "train examples": str(sum(d["examples"] for d in sizes.values()))
+                    if sizes
+                    else "–",
+                    "eval tokens": f"{ev.get('tokens', 0):,}",
+                    "eval time": f"{ev.get('seconds', 0) / 60:.1f} min",
+                    "train+tune time": _minutes(train, tuning) if train else "–",
+                }
+            )
+    return out
+
+
+def _minutes(*steps: Mapping[str, Any]) -> str:
+    return f"{sum(s.get('seconds', 0) for s in steps) / 60:.1f} min"
+
+
+def markdown_table(table_rows: Sequence[Mapping[str, str]]) -> str:
+    if not table_rows:
+        return "(no finished evaluation yet)\n"
+    columns = list(table_rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in table_rows]
+    return "\n".join(lines) + "\n"
+
+
+def iteration_table(records: Sequence[Mapping[str, Any]], title: str = "") -> Table:
+    """A rich table of one loop's iterations, for the console."""
+    table = Table(title=title)
+    found = rows({"loop": records})
+    for column in found[0] if found else ["iteration"]:
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for row in found:
+        table.add_row(*row.values())
+    return table
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """``report.md`` (+ ``report.json``, ``accuracy.png``, ``diversity.png``) in ``run_dir``."""
+    run_dir = Path(run_dir)
+    metrics = load_metrics(run_dir)
+    table_rows = rows(metrics)
+    plots = _plots(metrics, run_dir)
+    text = [
+        f"# Results: {run_dir}\n",
+        "Accuracy in % ± standard error over test problems. 'single agent (round 1)' is the "
+        "mean accuracy of the agents' independent first answers; 'final answer (vote)' is the "
+        "majority of the last round. Diversity: embedding dissimilarity of round-1 answers, "
+        "NLL of one agent's answer under another's model (nats/token), KL between agents' "
+        "next-token distributions (nats/token).\n",
+        markdown_table(table_rows),
+        *[f"![{name}]({name})\n" for name in plots],
+    ]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(text))
+    (run_dir / "report.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return path
+
+
+def _plots(metrics: Mapping[str, Sequence[Mapping[str, Any]]], run_dir: Path) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # the table is the result; plots need the `analysis` extra
+        return []
+    curves = {m: r for m, r in metrics.items() if m != "majority-vote"}
+    written = []
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, key, title in (
+        (axes[0], "final", "final answer (vote)"),
+        (axes[1], "first", "single agent (round 1)"),
+    ):
+        for method, records in curves.items():
+            points = [(r["iteration"], _acc(r["eval"], key)) for r in records if r.get("eval")]
+            if not points:
+                continue
+            xs = [p[0] for p in points]
+            ax.errorbar(
+                xs,
+                [100 * p[1]["mean"] for p in points],
+                yerr=[100 * p[1]["stderr"] for p in points],
+                marker="o",
+                capsize=3,
+                label=_LABELS.get(method, method),
+            )
+        ax.set_title(title)
+        ax.set_xlabel("fine-tuning iteration")
+        ax.set_xticks(sorted({r["iteration"] for rs in curves.values() for r in rs}))
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(run_dir / "accuracy.png", dpi=110)
+    plt.close(fig)
+    written.append("accuracy.png")
+    measures = ("consensus", "embedding_dissimilarity", "likelihood_nll", "kl")
+    if any(r.get("diversity") for rs in curves.values() for r in rs):
+        fig, axes = plt.subplots(1, len(measures), figsize=(14, 3.5))
+        for ax, name in zip(axes, measures, strict=True):
+            for method, records in curves.items():
+                points = [
+                    (r["iteration"], r["diversity"][name])
+                    for r in records
+                    if r.get("diversity") and r["diversity"].get(name) is not None
+                ]
+                if points:
+                    ax.plot(*zip(*points, strict=True), marker="o", label=_LABELS.get(method))
+            ax.set_title(name.replace("_", " "))
+            ax.set_xlabel("iteration")
+        axes[0].legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(run_dir / "diversity.png", dpi=110)
+        plt.close(fig)
+        written.append("diversity.png")
+    return written
+
+
+def _acc(evaluation: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    if key == "final":
+        return evaluation["accuracy"]  # type: ignore[no-any-return]
+    return (evaluation.get("round_accuracy") or [evaluation["accuracy"]])[0]  # type: ignore[no-any-return]

@@ -1,0 +1,138 @@
+"""A loopback OpenAI that both chats and fine-tunes, for end-to-end tests of the loop.
+
+Chat: base models get even sums wrong in round 1 (so there is something to learn);
+critics (a conversation with history) and fine-tuned models (``ft:…``) answer correctly. So a
+loop that tunes the right models on the right data visibly improves, and one that does not,
+does not. Fine-tuning: files and jobs that succeed at once, naming the tuned model after the
+job's base model, suffix and id, so a test can see which model each iteration continued from.
+
+Every request is logged; ``kill_at`` SIGKILLs a worker process when a chosen request arrives
+(it and every later request go unanswered), to test resumption at that exact point.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fake_http import Call
+
+KEY = "sk-loop-test-0123456789abcdef"
+_SUM = re.compile(r"What is the result of (\d+)\+(\d+)\?")
+
+
+@dataclass
+class OpenAIWorld:
+    chats: list[str] = field(default_factory=list)
+    """Key (model, messages, seed) of every chat request that was answered."""
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    uploads: int = 0
+    requests: int = 0
+    kill_at: int | None = None
+    """SIGKILL ``pid`` when request number ``kill_at`` (1-based, any route) arrives."""
+    pid: int | None = None
+    grace: float = 0.5
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, call: Call) -> tuple[int, Any]:
+        if call.headers.get("authorization") != f"Bearer {KEY}":
+            return 401, {"error": {"message": "bad key"}}
+        with self.lock:
+            self.requests += 1
+            n = self.requests
+        if self.kill_at is not None and n >= self.kill_at and self.pid:
+            # From the chosen request on, nothing more is answered: the kill lands after a
+            # grace period in which replies already sent can be saved by the client. (A reply
+            # still in flight when a process dies is paid twice by any client; this measures
+            # whether anything beyond that window is lost.)
+            time.sleep(self.grace if n == self.kill_at else 2 * self.grace)
+            if n == self.kill_at:
+                os.kill(self.pid, signal.SIGKILL)
+            return 500, {"error": {"message": "the client is gone"}}
+        path = call.path.split("?")[0]
+        if path == "/v1/chat/completions":
+            return 200, self._chat(call.json())
+        if path == "/v1/files":
+            with self.lock:
+                self.uploads += 1
+                n = self.uploads
+            return 200, {
+                "id": f"file-{n}",
+                "object": "file",
+                "bytes": len(call.body),
+                "created_at": 0,
+                "filename": "x.jsonl",
+                "purpose": "fine-tune",
+            }
+        if path == "/v1/fine_tuning/jobs" and call.method == "POST":
+            body = call.json()
+            with self.lock:
+                # Named by what it tunes, so a resumed run gets the same model names as an
+                # uninterrupted one (and a job created twice shows up as "-2").
+                same = sum(
+                    j["suffix"] == body["suffix"] and j["model"] == body["model"] for j in self.jobs
+                )
+                digest = hashlib.sha1(body["model"].encode()).hexdigest()[:6]
+                job = {"id": f"ftjob-{body['suffix']}-{digest}-{same + 1}", **body}
+                self.jobs.append(job)
+            return 200, self._job(job)
+        if path.startswith("/v1/fine_tuning/jobs/") and call.method == "GET":
+            job_id = path.rsplit("/", 1)[1]
+            return 200, self._job(next(j for j in self.jobs if j["id"] == job_id))
+        return 404, {"error": {"message": f"no route {call.method} {path}"}}
+
+    def _chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        messages, model = body["messages"], body["model"]
+        key = json.dumps([model, messages, body.get("seed")], sort_keys=True)
+        match = _SUM.search(messages[0]["content"])
+        if not match:
+            text = "The other agents say different things."
+        else:
+            a, b = int(match[1]), int(match[2])
+            right = model.startswith("ft:") or len(messages) > 1 or (a + b) % 2 == 1
+            value = a + b if right else a + b + 1
+            text = f"The sum is {value}. \\boxed{{{value}}}"
+        with self.lock:
+            self.chats.append(key)
+        return {
+            "id": "c",
+            "object": "chat.completion",
+            "created": 0,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": text},
+                }
+            ],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+        }
+
+    @staticmethod
+    def _job(job: dict[str, Any]) -> dict[str, Any]:
+        base = job["model"].removeprefix("ft:").split(":")[0]
+        return {
+            "id": job["id"],
+            "object": "fine_tuning.job",
+            "created_at": 0,
+            "model": job["model"],
+            "training_file": job["training_file"],
+            "organization_id": "org",
+            "result_files": [],
+            "seed": 0,
+            "hyperparameters": {"n_epochs": "auto"},
+            "status": "succeeded",
+            "fine_tuned_model": f"ft:{base}:org:{job.get('suffix')}:{job['id']}",
+            "error": None,
+            "finished_at": 1,
+            "trained_tokens": 10,
+            "validation_file": None,
+        }
