@@ -77,8 +77,9 @@ def model_divergence(society: Society, results: Sequence[DebateResult]) -> dict[
     nll, kl, tokens = 0.0, 0.0, 0
     pairs = 0
     for result in results:
-        for response in first_answers(result):
-            if len(first_answers(result)) < 2 or not response["text"].strip():
+        answers = first_answers(result)
+        for response in answers:
+            if len(answers) < 2 or not response["text"].strip():
                 continue
             # Every agent's view of this one answer: the shared prompt and continuation.
             views = [
