@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import json
 import time
+import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -21,6 +25,10 @@ from mafl_graph.society import Society
 from mafl_graph.tasks import get_task
 from mafl_graph.usage import UsageRecorder
 
+if TYPE_CHECKING:
+    from mafl_graph.loop import TunerFactory
+    from mafl_graph.tasks.base import Task
+
 app = typer.Typer(help="Multiagent fine-tuning on LangGraph.", no_args_is_help=True)
 console = Console()
 
@@ -34,6 +42,11 @@ DEMO: dict[str, Any] = {
 }
 
 Opt = typer.Option
+
+
+def _option(default: Any, help: str) -> Any:
+    """A :class:`LoopOptions` field: its default and its --help text."""
+    return dataclasses.field(default=default, metadata={"help": help})
 
 
 @app.command()
@@ -389,15 +402,7 @@ def tune_command(
     Hosted jobs are recorded in <run-dir>/tuning/iter<k>/ before any waiting, so running the
     same command again after an interruption polls the same jobs instead of paying twice.
     """
-    from mafl_graph.finetune.tuners import (
-        Backoff,
-        LocalTuneConfig,
-        OpenAITuneConfig,
-        VertexTuneConfig,
-        get_tuner,
-        load_tuned,
-        tune_run,
-    )
+    from mafl_graph.finetune.tuners import LocalTuneConfig, get_tuner, load_tuned, tune_run
 
     try:
         if backend not in ("local", "openai", "vertex"):
@@ -408,7 +413,6 @@ def tune_command(
             candidate = run_dir / "tuning" / f"iter{iteration - 1}" / "tuned.json"
             previous = candidate if candidate.is_file() else None
         earlier = load_tuned(previous) if previous else {}
-        backoff = Backoff(initial=poll_interval, maximum=max(poll_interval, 300.0))
         options: dict[str, Any] = {"iteration": iteration, "retry": retry}
         if backend == "local":
             options["model"] = model
@@ -422,24 +426,13 @@ def tune_command(
                 full=full,
                 seed=seed,
             )
-        elif backend == "openai":
-            options["config"] = OpenAITuneConfig(
-                epochs=int(epochs) if epochs else "auto",
-                learning_rate_multiplier=learning_rate or "auto",
-                batch_size=batch_size or "auto",
-                seed=seed,
-                suffix=suffix,
-                backoff=backoff,
-            )
         else:
-            if not project:
+            if backend == "vertex" and not project:
                 raise ValueError("--backend vertex needs --project (and --bucket to upload).")
-            options.update(project=project, location=location, bucket=bucket)
-            options["config"] = VertexTuneConfig(
-                epochs=int(epochs) if epochs else None,
-                learning_rate_multiplier=learning_rate,
-                batch_size=batch_size,
-                backoff=backoff,
+            if backend == "vertex":
+                options.update(project=project, location=location, bucket=bucket)
+            options["config"] = _hosted_config(
+                backend, epochs, learning_rate, batch_size, seed, poll_interval, suffix
             )
         tuner = get_tuner(backend, run_dir, **options)
         (run_dir / "tuning" / f"iter{iteration}").mkdir(parents=True, exist_ok=True)
@@ -488,136 +481,264 @@ def _tune_detail(tuned: Any) -> str:
 
 # The loop and the comparison --------------------------------------------------------------
 
+_TASK_HELP = "arithmetic, gsm8k or math"
+_TUNERS = {"local": "local", "openai": "openai", "google_genai": "vertex"}
+"""The tuner of each model provider: Gemini is tuned on Vertex AI, the only place it can be."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopOptions:
+    """What `mafl loop` and `mafl compare` share: the society, the task and how it is tuned.
+
+    Each field is one command-line option of both commands (``help`` in its metadata), so the
+    two cannot drift apart; :func:`_with_loop_options` adds them to a command.
+    """
+
+    task: str = _option("arithmetic", _TASK_HELP)
+    model: str = _option(
+        "local:smollm2",
+        "the base model: local:smollm2, local:/path, openai:gpt-4o-mini-2024-07-18 or "
+        "google_genai:gemini-2.0-flash; it picks the tuner (local LoRA, OpenAI or Vertex AI)",
+    )
+    agents: int = _option(3, "number of debating agents")
+    rounds: int = _option(2, "debate rounds")
+    n_train: int = _option(100, "train problems debated per iteration")
+    n_test: int = _option(100, "test problems evaluated per iteration")
+    w: float = _option(0.67, "share of D_C- in each critic's set")
+    seed: int = _option(0, "seed for sampling, problems, mixing and tuning")
+    temperature: float | None = _option(None, "sampling temperature")
+    max_tokens: int | None = _option(64, "at most this many new tokens per reply")
+    concurrency: int = _option(16, "problems debated at once")
+    terms: int | None = _option(2, "arithmetic: numbers per expression")
+    low: int | None = _option(0, "arithmetic: smallest number")
+    high: int | None = _option(20, "arithmetic: largest number")
+    operators: str | None = _option("+", "arithmetic: operator pattern")
+    data_dir: Path | None = _option(None, "gsm8k/math: local data directory")
+    epochs: float | None = _option(None, "tuning: passes over each dataset (local: 2)")
+    learning_rate: float | None = _option(
+        None, "tuning: local: learning rate (3e-4); hosted: learning-rate multiplier"
+    )
+    batch_size: int | None = _option(None, "tuning: examples per step (local: 8)")
+    lora_r: int = _option(16, "tuning, local: LoRA rank")
+    max_steps: int | None = _option(None, "tuning, local: at most this many steps")
+    base: str | None = _option(
+        None, "tuning, hosted: the model iteration 1 tunes (default: --model's name)"
+    )
+    poll_interval: float = _option(10.0, "tuning, hosted: first wait between polls (s)")
+    project: str | None = _option(None, "tuning, vertex: Google Cloud project")
+    location: str = _option("us-central1", "tuning, vertex: region")
+    bucket: str | None = _option(None, "tuning, vertex: gs:// bucket to upload datasets to")
+    requests_per_second: float | None = _option(
+        None, "hosted: at most this many calls per second, all agents together"
+    )
+    max_retries: int | None = _option(None, "hosted: the SDK's retries per call")
+    timeout: float | None = _option(None, "hosted: seconds before a call is retried")
+
+    def arithmetic(self) -> dict[str, Any]:
+        return {
+            "terms": self.terms,
+            "low": self.low,
+            "high": self.high,
+            "operators": self.operators,
+        }
+
+
+def _with_loop_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command`` every :class:`LoopOptions` field as an option; it receives ``options``.
+
+    Typer reads a command's signature, and has no way to share a group of options between
+    commands, so the wrapper's signature is the command's own parameters plus the fields.
+    Called from Python (the demo, the sweep), omitted fields take their defaults.
+    """
+    fields = dataclasses.fields(LoopOptions)
+    hints = typing.get_type_hints(LoopOptions)
+    own = [
+        p.replace(annotation=typing.get_type_hints(command, include_extras=True)[p.name])
+        for p in inspect.signature(command).parameters.values()
+        if p.name != "options"
+    ]
+    shared = [
+        inspect.Parameter(
+            f.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=f.default,
+            annotation=Annotated[hints[f.name], Opt(help=f.metadata["help"])],
+        )
+        for f in fields
+    ]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        chosen = {f.name: kwargs.pop(f.name) for f in fields if f.name in kwargs}
+        command(options=LoopOptions(**chosen), **kwargs)
+
+    wrapper.__signature__ = inspect.Signature(own + shared)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in own + shared}
+    return wrapper
+
 
 def _loop_setup(
-    task: str,
-    model: str,
-    agents: int,
-    seed: int,
-    temperature: float | None,
-    max_tokens: int | None,
-    arithmetic: dict[str, Any],
-    data_dir: Path | None,
-    tune: dict[str, Any],
-) -> tuple[Any, Any, Any, dict[str, Any]]:
-    """Society, task, tuner factory and the settings that pin them in the manifest."""
-    import functools
+    o: LoopOptions, tune: Mapping[str, Any] | None = None
+) -> tuple[Society, Task, TunerFactory, dict[str, Any]]:
+    """Society, task, tuner factory and the settings that pin them in the manifest.
 
+    ``tune``: the tuning config a manifest recorded, instead of the one the options make.
+    """
     from mafl_graph.finetune.tuners import LocalTuneConfig, get_tuner
 
-    task_options = {k: v for k, v in arithmetic.items() if v is not None}
-    if task.lower() == "arithmetic":
-        task_options["seed"] = seed
+    provider, _, name = o.model.partition(":")
+    if provider not in _TUNERS:
+        raise ValueError(
+            f"--model {o.model!r}: the loop tunes models of {', '.join(_TUNERS)} (e.g. "
+            "local:smollm2, openai:gpt-4o-mini-2024-07-18, google_genai:gemini-2.0-flash)."
+        )
+    backend = _TUNERS[provider]
+    task_options = {k: v for k, v in o.arithmetic().items() if v is not None}
+    if o.task.lower() == "arithmetic":
+        task_options["seed"] = o.seed
     elif task_options:
         raise ValueError(f"{sorted(task_options)} only apply to --task arithmetic.")
-    if data_dir is not None:
-        task_options["data_dir"] = str(data_dir)
-    the_task = get_task(task, **task_options)
+    if o.data_dir is not None:
+        task_options["data_dir"] = str(o.data_dir)
+    the_task = get_task(o.task, **task_options)
+    sampling = {"temperature": o.temperature, "max_tokens": o.max_tokens, "seed": o.seed}
+    client = {"requests_per_second": o.requests_per_second, "max_retries": o.max_retries}
+    client["timeout"] = o.timeout
     model_options: dict[str, Any] = {
-        k: v for k, v in {"temperature": temperature, "max_tokens": max_tokens}.items() if v
+        k: v for k, v in {**sampling, **client}.items() if v is not None
     }
-    if model.startswith("local:"):
-        model_options["seed"] = seed
-    society = Society.from_model(model, agents, **model_options)
-    if not model.startswith("local:"):
-        raise ValueError(
-            "`mafl loop`/`mafl compare` tune with the local tuner; for OpenAI or Vertex, run "
-            "`mafl debate`, `mafl datasets` and `mafl tune --backend …` per iteration."
-        )
-    config = LocalTuneConfig(**{"seed": seed, **{k: v for k, v in tune.items() if v is not None}})
-    factory = functools.partial(
-        get_tuner, "local", model=model.removeprefix("local:"), config=config
-    )
-    settings = {
-        "model": model,
+    if backend == "local":
+        model_options = {k: v for k, v in model_options.items() if k not in client}
+    society = Society.from_model(o.model, o.agents, **model_options)
+    settings: dict[str, Any] = {
+        "model": o.model,
         "task_options": task_options,
-        "temperature": temperature,
-        "max_tokens": max_tokens,
-        "tune": dataclasses.asdict(config),
+        "temperature": o.temperature,
+        "max_tokens": o.max_tokens,
     }
+    if backend == "local":
+        config: Any = LocalTuneConfig(
+            **(
+                tune
+                or {
+                    "seed": o.seed,
+                    "epochs": o.epochs if o.epochs is not None else 2.0,
+                    "learning_rate": o.learning_rate or 3e-4,
+                    "batch_size": o.batch_size or 8,
+                    "lora_r": o.lora_r,
+                    "lora_alpha": 2 * o.lora_r,
+                    "max_steps": o.max_steps,
+                }
+            )
+        )
+        factory = functools.partial(get_tuner, "local", model=name, config=config)
+    else:
+        config = _hosted_config(
+            backend, o.epochs, o.learning_rate, o.batch_size, o.seed, o.poll_interval
+        )
+        options: dict[str, Any] = {"config": config, "base": o.base or name}
+        if backend == "vertex":
+            options.update(project=o.project, location=o.location, bucket=o.bucket)
+        factory = functools.partial(get_tuner, backend, **options)
+        settings["tune_base"] = options["base"]
+    settings["tune"] = dataclasses.asdict(config)
     return society, the_task, factory, settings
 
 
-_TASK_HELP = "arithmetic, gsm8k or math"
+def _hosted_config(
+    backend: str,
+    epochs: float | None,
+    learning_rate: float | None,
+    batch_size: int | None,
+    seed: int,
+    poll_interval: float,
+    suffix: str | None = None,
+) -> Any:
+    """An OpenAI or Vertex tuning config from the options (unset: the provider chooses).
+
+    ``suffix`` names OpenAI's tuned models; Vertex has no such field.
+    """
+    from mafl_graph.finetune.tuners import Backoff, OpenAITuneConfig, VertexTuneConfig
+
+    backoff = Backoff(initial=poll_interval, maximum=max(poll_interval, 300.0))
+    if backend == "openai":
+        return OpenAITuneConfig(
+            epochs=int(epochs) if epochs else "auto",
+            learning_rate_multiplier=learning_rate or "auto",
+            batch_size=batch_size or "auto",
+            seed=seed,
+            suffix=suffix,
+            backoff=backoff,
+        )
+    return VertexTuneConfig(
+        epochs=int(epochs) if epochs else None,
+        learning_rate_multiplier=learning_rate,
+        batch_size=batch_size,
+        backoff=backoff,
+    )
+
+
+def _setup_or_exit(o: LoopOptions) -> tuple[Society, Task, TunerFactory, dict[str, Any]]:
+    """:func:`_loop_setup` for a command: a bad option exits 2 before anything runs."""
+    try:
+        if o.model.startswith("google_genai:") and not o.project:
+            raise ValueError("Tuning Gemini needs --project (and --bucket to upload datasets).")
+        return _loop_setup(o)
+    except (ValueError, TypeError, ImportError, FileNotFoundError) as exc:
+        _fail(exc)
 
 
 @app.command("loop")
+@_with_loop_options
 def loop_command(
+    options: LoopOptions,
     run_dir: Annotated[Path, Opt(help="where everything of the run goes")] = Path("runs/loop"),
     method: Annotated[str, Opt(help="multiagent, single (STaR) or majority (majority FT)")] = (
         "multiagent"
     ),
     iterations: Annotated[int, Opt(help="fine-tuning iterations")] = 2,
-    task: Annotated[str, Opt(help=_TASK_HELP)] = "arithmetic",
-    model: Annotated[str, Opt(help="the base model (local:smollm2, local:/path)")] = (
-        "local:smollm2"
-    ),
-    agents: Annotated[int, Opt(help="number of debating agents")] = 3,
-    rounds: Annotated[int, Opt(help="debate rounds")] = 2,
     summarize: Annotated[bool, Opt(help="summarize the other agents' answers")] = True,
     critics: Annotated[bool, Opt(help="tune critics (--no-critics: the ablation)")] = True,
-    n_train: Annotated[int, Opt(help="train problems debated per iteration")] = 100,
-    n_test: Annotated[int, Opt(help="test problems evaluated per iteration")] = 100,
-    w: Annotated[float, Opt(help="share of D_C- in each critic's set")] = 0.67,
-    seed: Annotated[int, Opt(help="seed for sampling, problems, mixing and tuning")] = 0,
-    temperature: Annotated[float | None, Opt(help="sampling temperature")] = None,
-    max_tokens: Annotated[int | None, Opt(help="at most this many new tokens per reply")] = 64,
-    concurrency: Annotated[int, Opt(help="problems debated at once")] = 16,
-    terms: Annotated[int | None, Opt(help="arithmetic: numbers per expression")] = 2,
-    low: Annotated[int | None, Opt(help="arithmetic: smallest number")] = 0,
-    high: Annotated[int | None, Opt(help="arithmetic: largest number")] = 20,
-    operators: Annotated[str | None, Opt(help="arithmetic: operator pattern")] = "+",
-    data_dir: Annotated[Path | None, Opt(help="gsm8k/math: local data directory")] = None,
-    epochs: Annotated[float, Opt(help="tuning: passes over each dataset")] = 2.0,
-    learning_rate: Annotated[float, Opt(help="tuning: learning rate")] = 3e-4,
-    batch_size: Annotated[int, Opt(help="tuning: examples per step")] = 8,
-    lora_r: Annotated[int, Opt(help="tuning: LoRA rank")] = 16,
-    max_steps: Annotated[int | None, Opt(help="tuning: at most this many steps")] = None,
 ) -> None:
-    """Iterate debate(train) -> datasets -> tune -> debate(test); resumable; prints a table."""
+    """Iterate debate(train) -> datasets -> tune -> debate(test); resumable; prints a table.
+
+    Tokens and cost per agent and role go to <run-dir>/usage.json.
+    """
     from mafl_graph.diversity import measure
     from mafl_graph.loop import MultiagentFinetuning
     from mafl_graph.report import iteration_table
 
+    society, the_task, tuner, settings = _setup_or_exit(options)
     try:
-        society, the_task, tuner, settings = _loop_setup(
-            task,
-            model,
-            agents,
-            seed,
-            temperature,
-            max_tokens,
-            {"terms": terms, "low": low, "high": high, "operators": operators},
-            data_dir,
-            _tune_options(epochs, learning_rate, batch_size, lora_r, max_steps),
-        )
         loop = MultiagentFinetuning(
             society,
             the_task,
             tuner,
             iterations=iterations,
-            n_train=n_train,
-            n_test=n_test,
-            rounds=rounds,
+            n_train=options.n_train,
+            n_test=options.n_test,
+            rounds=options.rounds,
             summarize=summarize,
             method=method,  # type: ignore[arg-type]
             tune_critics=critics,
-            w=w,
-            seed=seed,
-            concurrency=concurrency,
+            w=options.w,
+            seed=options.seed,
+            concurrency=options.concurrency,
             diversity=measure,
             settings=settings,
         )
-    except (ValueError, TypeError, ImportError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from exc
+    except ValueError as exc:
+        _fail(exc)
     _logging()
     metrics = loop.run(run_dir)
     console.print(iteration_table(metrics, title=f"{method} · {run_dir}"))
+    console.print(f"usage: {UsageRecorder(run_dir / 'usage.json').describe()}")
 
 
 @app.command("compare")
+@_with_loop_options
 def compare_command(
+    options: LoopOptions,
     run_dir: Annotated[Path, Opt(help="one subdirectory per method goes here")] = Path(
         "runs/compare"
     ),
@@ -626,67 +747,38 @@ def compare_command(
     ),
     iterations: Annotated[int, Opt(help="iterations of multiagent and single-agent FT")] = 2,
     ablation_iterations: Annotated[int, Opt(help="iterations of majority FT, ablations")] = 1,
-    task: Annotated[str, Opt(help=_TASK_HELP)] = "arithmetic",
-    model: Annotated[str, Opt(help="the base model")] = "local:smollm2",
-    agents: Annotated[int, Opt(help="number of debating agents")] = 3,
-    rounds: Annotated[int, Opt(help="debate rounds")] = 2,
-    n_train: Annotated[int, Opt(help="train problems")] = 100,
-    n_test: Annotated[int, Opt(help="test problems")] = 100,
-    w: Annotated[float, Opt(help="share of D_C- in each critic's set")] = 0.67,
-    seed: Annotated[int, Opt(help="seed for everything")] = 0,
-    temperature: Annotated[float | None, Opt(help="sampling temperature")] = None,
-    max_tokens: Annotated[int | None, Opt(help="at most this many new tokens per reply")] = 64,
-    concurrency: Annotated[int, Opt(help="problems debated at once")] = 16,
-    terms: Annotated[int | None, Opt(help="arithmetic: numbers per expression")] = 2,
-    low: Annotated[int | None, Opt(help="arithmetic: smallest number")] = 0,
-    high: Annotated[int | None, Opt(help="arithmetic: largest number")] = 20,
-    operators: Annotated[str | None, Opt(help="arithmetic: operator pattern")] = "+",
-    data_dir: Annotated[Path | None, Opt(help="gsm8k/math: local data directory")] = None,
-    epochs: Annotated[float, Opt(help="tuning: passes over each dataset")] = 2.0,
-    learning_rate: Annotated[float, Opt(help="tuning: learning rate")] = 3e-4,
-    batch_size: Annotated[int, Opt(help="tuning: examples per step")] = 8,
-    lora_r: Annotated[int, Opt(help="tuning: LoRA rank")] = 16,
-    max_steps: Annotated[int | None, Opt(help="tuning: at most this many steps")] = None,
     diversity: Annotated[bool, Opt(help="measure diversity after each evaluation")] = True,
 ) -> None:
-    """Every baseline of the paper's Table 1 on one harness, then the report (table + plots)."""
+    """Every baseline of the paper's Table 1 on one harness, then the report (table + plots).
+
+    Each method's directory gets its own usage.json (tokens and cost per agent and role).
+    """
     from mafl_graph.compare import compare_methods
     from mafl_graph.diversity import measure
     from mafl_graph.report import write_report
 
-    try:
-        society, the_task, tuner, settings = _loop_setup(
-            task,
-            model,
-            agents,
-            seed,
-            temperature,
-            max_tokens,
-            {"terms": terms, "low": low, "high": high, "operators": operators},
-            data_dir,
-            _tune_options(epochs, learning_rate, batch_size, lora_r, max_steps),
-        )
-    except (ValueError, TypeError, ImportError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from exc
+    society, the_task, tuner, settings = _setup_or_exit(options)
     _logging()
-    compare_methods(
-        society,
-        the_task,
-        tuner,
-        run_dir,
-        methods=[m.strip() for m in methods.split(",") if m.strip()],
-        iterations=iterations,
-        ablation_iterations=ablation_iterations,
-        n_train=n_train,
-        n_test=n_test,
-        rounds=rounds,
-        w=w,
-        seed=seed,
-        concurrency=concurrency,
-        diversity=measure if diversity else None,
-        settings=settings,
-    )
+    try:
+        compare_methods(
+            society,
+            the_task,
+            tuner,
+            run_dir,
+            methods=[m.strip() for m in methods.split(",") if m.strip()],
+            iterations=iterations,
+            ablation_iterations=ablation_iterations,
+            n_train=options.n_train,
+            n_test=options.n_test,
+            rounds=options.rounds,
+            w=options.w,
+            seed=options.seed,
+            concurrency=options.concurrency,
+            diversity=measure if diversity else None,
+            settings=settings,
+        )
+    except ValueError as exc:  # an unknown method, or a directory made with other settings
+        _fail(exc)
     report = write_report(run_dir)
     console.print(report.read_text())
 
@@ -753,20 +845,25 @@ def eval_command(
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     out = run_dir / "transfer" / target.name
+    usage = UsageRecorder(out / "usage.json")
     records = []
-    for iteration, (name, society) in enumerate(societies.items()):
-        evaluation = evaluate_society(
-            society,
-            target,
-            problems,
-            db_path=out / f"{name}.sqlite",
-            rounds=settings["rounds"],
-            summarize=settings["summarize"],
-            seed=settings["seed"],
-            concurrency=concurrency,
-            metadata={"iteration": iteration, "split": "transfer"},
-        )
-        records.append({"iteration": iteration, "eval": evaluation.as_dict()})
+    try:
+        for iteration, (name, society) in enumerate(societies.items()):
+            evaluation = evaluate_society(
+                society,
+                target,
+                problems,
+                db_path=out / f"{name}.sqlite",
+                rounds=settings["rounds"],
+                summarize=settings["summarize"],
+                seed=settings["seed"],
+                concurrency=concurrency,
+                metadata={"iteration": iteration, "split": "transfer"},
+                callbacks=[usage],
+            )
+            records.append({"iteration": iteration, "eval": evaluation.as_dict()})
+    finally:
+        usage.save()
     write_json(out / "metrics.json", records)
     table = markdown_table(rows({f"tuned on {train_task}, tested on {target.name}": records}))
     (out / "report.md").write_text(table)
@@ -829,19 +926,22 @@ def _loop_from_manifest(settings: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     from mafl_graph.loop import MultiagentFinetuning
 
     task_options = dict(settings.get("task_options", {}))
-    task_options.pop("seed", None)
-    data_dir = task_options.pop("data_dir", None)
-    society, the_task, tuner, _ = _loop_setup(
-        settings["task"],
-        settings["model"],
-        settings["agents"],
-        settings["seed"],
-        settings.get("temperature"),
-        settings.get("max_tokens"),
-        task_options,
-        Path(data_dir) if data_dir else None,
-        settings.get("tune", {}),
+    data_dir = task_options.get("data_dir")
+    options = LoopOptions(
+        task=settings["task"],
+        model=settings["model"],
+        agents=settings["agents"],
+        seed=settings["seed"],
+        temperature=settings.get("temperature"),
+        max_tokens=settings.get("max_tokens"),
+        data_dir=Path(data_dir) if data_dir else None,
+        base=settings.get("tune_base"),
+        terms=task_options.get("terms"),
+        low=task_options.get("low"),
+        high=task_options.get("high"),
+        operators=task_options.get("operators"),
     )
+    society, the_task, tuner, _ = _loop_setup(options, tune=settings.get("tune"))
     loop = MultiagentFinetuning(
         society,
         the_task,
@@ -856,19 +956,6 @@ def _loop_from_manifest(settings: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         seed=settings["seed"],
     )
     return loop, settings
-
-
-def _tune_options(
-    epochs: float, learning_rate: float, batch_size: int, lora_r: int, max_steps: int | None
-) -> dict[str, Any]:
-    return {
-        "epochs": epochs,
-        "learning_rate": learning_rate,
-        "batch_size": batch_size,
-        "lora_r": lora_r,
-        "lora_alpha": 2 * lora_r,
-        "max_steps": max_steps,
-    }
 
 
 def _logging() -> None:

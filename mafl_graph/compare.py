@@ -27,6 +27,7 @@ from mafl_graph.loop import MultiagentFinetuning, TunerFactory
 from mafl_graph.rundir import prepare_run_dir, write_json
 from mafl_graph.society import Society
 from mafl_graph.tasks.base import Task
+from mafl_graph.usage import UsageRecorder
 
 METHOD_RUNS: dict[str, dict[str, Any]] = {
     "multiagent": {"method": "multiagent"},
@@ -145,17 +146,22 @@ def _majority_vote(
     metrics = run_dir / "metrics.json"
     if metrics.is_file():
         return json.loads(metrics.read_text())[0]  # type: ignore[no-any-return]
-    evaluation = evaluate_society(
-        voters,
-        task,
-        task.load("test", n_test),
-        db_path=run_dir / "eval.sqlite",
-        rounds=1,
-        seed=seed,
-        concurrency=max(1, concurrency * len(society) // samples),
-        metadata={"iteration": 0, "split": "test"},
-        progress=progress,
-    )
+    usage = UsageRecorder(run_dir / "usage.json")
+    try:
+        evaluation = evaluate_society(
+            voters,
+            task,
+            task.load("test", n_test),
+            db_path=run_dir / "eval.sqlite",
+            rounds=1,
+            seed=seed,
+            concurrency=max(1, concurrency * len(society) // samples),
+            metadata={"iteration": 0, "split": "test"},
+            callbacks=[usage],
+            progress=progress,
+        )
+    finally:
+        usage.save()
     record = {"iteration": 0, "eval": evaluation.as_dict()}
     write_json(metrics, [record])
     return record

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from langchain_core.callbacks import BaseCallbackHandler
+
 from mafl_graph.debate.graph import create_debate_graph
 from mafl_graph.debate.run import DebateResult, run_debates
 from mafl_graph.society import Society
@@ -118,12 +120,14 @@ def evaluate_society(
     seed: int = 0,
     concurrency: int = 16,
     metadata: Mapping[str, Any] | None = None,
+    callbacks: Sequence[BaseCallbackHandler] | None = None,
     progress: bool = True,
 ) -> Evaluation:
     """Debate ``problems`` with ``society`` (checkpointed at ``db_path``, so a rerun resumes).
 
     With one round this is independent answering: one agent is the single-agent baseline,
-    n agents are majority voting over n samples.
+    n agents are majority voting over n samples. ``callbacks`` see every model call (e.g. a
+    :class:`~mafl_graph.usage.UsageRecorder`).
     """
     graph = create_debate_graph(society, task, rounds=rounds, summarize=summarize, seed=seed)
     started = time.perf_counter()
@@ -134,6 +138,7 @@ def evaluate_society(
         db_path=db_path,
         max_concurrency=concurrency,
         metadata=metadata,
+        callbacks=list(callbacks or []),
         progress=progress,
     )
     seconds = time.perf_counter() - started

@@ -13,6 +13,7 @@ the step it stopped in.
     <run_dir>/iter<k>/datasets/       its per-agent datasets (+ stats.json)
     <run_dir>/tuning/iter<k>/         ledgers and tuned.json; adapters/iter<k>/ (local)
     <run_dir>/iter<k>/eval.sqlite     the tuned society on the test split
+    <run_dir>/usage.json              tokens and cost of every debate call, per agent and role
 
 Three methods share this harness, so that their numbers are comparable:
 
@@ -30,10 +31,12 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
+
+from langchain_core.callbacks import BaseCallbackHandler
 
 from mafl_graph.evaluate import Evaluation, evaluate_society
 from mafl_graph.finetune.datasets import (
@@ -53,6 +56,7 @@ from mafl_graph.rundir import prepare_run_dir, write_json
 from mafl_graph.society import Society
 from mafl_graph.tasks.base import Problem, Task
 from mafl_graph.traces import read_traces_sqlite
+from mafl_graph.usage import UsageRecorder
 
 Method = Literal["multiagent", "single", "majority"]
 METHODS: tuple[str, ...] = ("multiagent", "single", "majority")
@@ -89,6 +93,7 @@ class MultiagentFinetuning:
         evaluate_base: bool = True,
         diversity: Callable[[Society, Evaluation], dict[str, Any]] | None = None,
         settings: Mapping[str, Any] | None = None,
+        callbacks: Sequence[BaseCallbackHandler] = (),
         progress: bool = True,
     ) -> None:
         """
@@ -103,6 +108,8 @@ class MultiagentFinetuning:
         (e.g. :func:`mafl_graph.diversity.measure`).
         ``settings``: what built the society and task (model, task options, tuner config), for
         the manifest: a rerun with other settings is refused, not mixed in.
+        ``callbacks``: see every model call of every debate, beside the loop's own
+        :class:`~mafl_graph.usage.UsageRecorder` (``<run_dir>/usage.json``).
         """
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}.")
@@ -126,6 +133,7 @@ class MultiagentFinetuning:
         self.seed, self.concurrency = seed, concurrency
         self.evaluate_base, self.diversity = evaluate_base, diversity
         self.extra_settings = dict(settings or {})
+        self.callbacks = list(callbacks)
         self.progress = progress
 
     def settings(self) -> dict[str, Any]:
@@ -158,25 +166,38 @@ class MultiagentFinetuning:
                 f"{next(iter(overlap))!r}); a tuned society would be graded on what it learned."
             )
         metrics = _Metrics(run_dir / "metrics.json")
-        if self.evaluate_base:
-            self._evaluate(metrics, 0, self.society, test, run_dir)
-        society, tuned = self.society, dict[Key, TunedModel]()
-        for k in range(1, self.iterations + 1):
-            log.info("iteration %d: debating %d train problems", k, len(train))
-            metrics.step(
-                k, "train", partial(self._debate, self._trainers(society), train, k, run_dir)
-            )
-            metrics.step(k, "datasets", partial(self._datasets, k, run_dir))
-            metrics.step(k, "tuning", partial(self._tune, k, run_dir, tuned))
-            tuned = load_tuned(run_dir / "tuning" / f"iter{k}" / "tuned.json")
-            society = self.society_after(tuned)
-            self._evaluate(metrics, k, society, test, run_dir)
+        # A resumed run adds to what the interrupted one recorded (finished calls are not redone).
+        usage = UsageRecorder(run_dir / "usage.json")
+        callbacks = [usage, *self.callbacks]
+        try:
+            if self.evaluate_base:
+                self._evaluate(metrics, 0, self.society, test, run_dir, callbacks)
+            society, tuned = self.society, dict[Key, TunedModel]()
+            for k in range(1, self.iterations + 1):
+                log.info("iteration %d: debating %d train problems", k, len(train))
+                trainers = self._trainers(society)
+                metrics.step(
+                    k, "train", partial(self._debate, trainers, train, k, run_dir, callbacks)
+                )
+                metrics.step(k, "datasets", partial(self._datasets, k, run_dir))
+                metrics.step(k, "tuning", partial(self._tune, k, run_dir, tuned))
+                tuned = load_tuned(run_dir / "tuning" / f"iter{k}" / "tuned.json")
+                society = self.society_after(tuned)
+                self._evaluate(metrics, k, society, test, run_dir, callbacks)
+        finally:
+            usage.save()
         return metrics.records
 
     # Steps -------------------------------------------------------------------------------
 
     def _evaluate(
-        self, metrics: _Metrics, k: int, society: Society, test: list[Problem], run_dir: Path
+        self,
+        metrics: _Metrics,
+        k: int,
+        society: Society,
+        test: list[Problem],
+        run_dir: Path,
+        callbacks: list[BaseCallbackHandler],
     ) -> None:
         evaluation: list[Evaluation] = []
 
@@ -192,6 +213,7 @@ class MultiagentFinetuning:
                 seed=self.seed,
                 concurrency=self.concurrency,
                 metadata={"iteration": k, "split": "test"},
+                callbacks=callbacks,
                 progress=self.progress,
             )
             evaluation.append(result)
@@ -208,7 +230,14 @@ class MultiagentFinetuning:
 
             metrics.step(k, "diversity", measure)
 
-    def _debate(self, society: Society, problems: list[Problem], k: int, run_dir: Path) -> Any:
+    def _debate(
+        self,
+        society: Society,
+        problems: list[Problem],
+        k: int,
+        run_dir: Path,
+        callbacks: list[BaseCallbackHandler],
+    ) -> Any:
         single = self.method == "single"
         return evaluate_society(
             society,
@@ -221,6 +250,7 @@ class MultiagentFinetuning:
             seed=self.seed,
             concurrency=self.concurrency,
             metadata={"iteration": k, "split": "train"},
+            callbacks=callbacks,
             progress=self.progress,
         ).as_dict()
 

@@ -5,6 +5,7 @@ OpenAI that chats and fine-tunes (tests/openai_world.py), SQLite checkpoints, re
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import subprocess
@@ -19,6 +20,9 @@ pytest.importorskip("langchain_openai")
 from fake_http import serve  # noqa: E402
 from loop_worker import run_loop  # noqa: E402
 from openai_world import KEY, OpenAIWorld  # noqa: E402
+from typer.testing import CliRunner, Result  # noqa: E402
+
+from mafl_graph.cli import app  # noqa: E402
 
 pytestmark = pytest.mark.allow_hosts(["127.0.0.1"])
 HERE = Path(__file__).parent
@@ -112,3 +116,114 @@ def test_a_killed_loop_resumes_to_the_same_result_without_paying_twice(tmp_path)
             extra = Counter(world.chats) - paid
             assert not extra, f"seed {seed}: {sum(extra.values())} paid call(s) repeated"
             assert len(world.jobs) == 9  # no job created twice
+
+
+@pytest.fixture
+def mafl(monkeypatch: pytest.MonkeyPatch):
+    """The `mafl` command line, configured as a user's shell would be to reach an OpenAI."""
+
+    def run(*args: str, url: str) -> Result:
+        monkeypatch.setenv("OPENAI_BASE_URL", url + "/v1")
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        return CliRunner().invoke(app, list(args))
+
+    # The loop commands set up console logging, as a CLI does; later tests get theirs back.
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield run
+    root.handlers[:], root.level = handlers, level
+
+
+def _usage_total(path: Path) -> dict:
+    return json.loads(path.read_text())["total"]
+
+
+def test_mafl_loop_tunes_an_openai_model_with_openai_jobs_and_records_usage(tmp_path, mafl):
+    world = OpenAIWorld()
+    common = ["--model", "openai:gpt-4o-mini", "--n-train", "6", "--n-test", "4"]
+    common += ["--concurrency", "2", "--poll-interval", "0.01", "--requests-per-second", "100"]
+    with serve(world) as (url, _):
+        done = mafl("loop", "--run-dir", str(tmp_path), "--iterations", "1", *common, url=url)
+        assert done.exit_code == 0, done.output[-3000:]
+        chats = len(world.chats)
+        again = mafl("loop", "--run-dir", str(tmp_path), "--iterations", "1", *common, url=url)
+        assert again.exit_code == 0, again.output[-3000:]
+    # Every agent and role got its own OpenAI job, starting from the model named by --model.
+    assert sorted(j["suffix"] for j in world.jobs) == sorted(
+        f"agent{a}-{r}" for a in range(3) for r in ("generator", "critic")
+    )
+    assert {j["model"] for j in world.jobs} == {"gpt-4o-mini"}
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics[1]["eval"]["round_accuracy"][0]["mean"] == 1.0  # the ft: models answer
+    # usage.json holds what the server billed (10 in, 5 out per chat), per agent and role,
+    # and the rerun (nothing left to do) neither called the server nor changed the count.
+    assert len(world.chats) == chats and len(world.jobs) == 6
+    total = _usage_total(tmp_path / "usage.json")
+    assert (total["calls"], total["input_tokens"], total["output_tokens"]) == (
+        chats,
+        10 * chats,
+        5 * chats,
+    )
+    usage = json.loads((tmp_path / "usage.json").read_text())
+    assert set(usage["by_agent"]) == {"agent0", "agent1", "agent2"}
+    assert any(m.startswith("ft:gpt-4o-mini") for m in usage["by_model"])
+    assert total["cost_usd"] > 0  # gpt-4o-mini and its tuned models have list prices
+    assert KEY not in (tmp_path / "usage.json").read_text()
+    assert KEY not in (tmp_path / "manifest.json").read_text()
+
+
+def test_mafl_compare_runs_hosted_baselines_each_with_its_usage(tmp_path, mafl):
+    world = OpenAIWorld()
+    with serve(world) as (url, _):
+        done = mafl(
+            "compare",
+            "--run-dir",
+            str(tmp_path),
+            "--methods",
+            "majority-vote,single",
+            "--iterations",
+            "1",
+            "--model",
+            "openai:gpt-4o-mini",
+            "--base",
+            "gpt-4o-mini-2024-07-18",
+            "--n-train",
+            "6",
+            "--n-test",
+            "4",
+            "--poll-interval",
+            "0.01",
+            "--no-diversity",
+            url=url,
+        )
+    assert done.exit_code == 0, done.output[-3000:]
+    assert [(j["suffix"], j["model"]) for j in world.jobs] == [
+        ("agent0-generator", "gpt-4o-mini-2024-07-18")
+    ]
+    calls = sum(
+        _usage_total(tmp_path / m / "usage.json")["calls"] for m in ("majority-vote", "single")
+    )
+    assert calls == len(world.chats)
+    assert (tmp_path / "report.md").is_file()
+
+
+def test_mafl_loop_refuses_hosted_settings_it_cannot_tune_before_any_call(tmp_path, mafl):
+    gemini = mafl(
+        "loop",
+        "--run-dir",
+        str(tmp_path / "g"),
+        "--model",
+        "google_genai:gemini-2.0-flash",
+        url="http://127.0.0.1:9",
+    )
+    assert gemini.exit_code == 2 and "--project" in gemini.output
+    other = mafl(
+        "loop",
+        "--run-dir",
+        str(tmp_path / "o"),
+        "--model",
+        "anthropic:claude",
+        url="http://127.0.0.1:9",
+    )
+    assert other.exit_code == 2 and "local:smollm2" in other.output
+    assert not (tmp_path / "g").exists() and not (tmp_path / "o").exists()

@@ -34,6 +34,10 @@ def test_loop_tunes_adapters_that_the_next_debate_uses(tmp_path, engine):
     used = {r["model"] for t in traces for r in t.responses}
     assert any("adapters/iter1/agent" in label for label in used), used
     assert metrics[1]["diversity"]["kl"] is not None  # tuned agents differ from one another
+    # usage.json counts every call of every debate (the embedded model costs nothing).
+    usage = json.loads((run_dir / "usage.json").read_text())["total"]
+    steps = [m[step] for m in metrics for step in ("train", "eval") if step in m]
+    assert usage["calls"] == sum(s["calls"] for s in steps) and usage["cost_usd"] == 0
     report = CliRunner().invoke(app, ["report", "--run-dir", str(run_dir)])
     assert report.exit_code == 0, report.output
     assert (run_dir / "report.md").is_file() and (run_dir / "accuracy.png").is_file()
@@ -57,6 +61,8 @@ def test_loop_tunes_adapters_that_the_next_debate_uses(tmp_path, engine):
     assert transfer.exit_code == 0, transfer.output
     records = json.loads((run_dir / "transfer" / "arithmetic" / "metrics.json").read_text())
     assert [r["eval"]["accuracy"]["n"] for r in records] == [2, 2]
+    transfer_usage = json.loads((run_dir / "transfer" / "arithmetic" / "usage.json").read_text())
+    assert transfer_usage["total"]["calls"] == sum(r["eval"]["calls"] for r in records)
     # Rerunning the finished loop changes nothing.
     before = (run_dir / "metrics.json").read_text()
     again = CliRunner().invoke(app, args)

@@ -313,3 +313,20 @@ def test_the_cli_exits_1_and_names_the_failed_job(tmp_path, monkeypatch):
         )
     assert result.exit_code == 1
     assert "quota exceeded" in result.output and "--retry" in result.output
+
+
+def test_tuned_agents_keep_their_seed_rate_limiter_retries_and_timeout():
+    from mafl_graph import Society
+    from mafl_graph.finetune.tuners import tuned_society
+
+    society = Society.from_model(
+        "openai:gpt-4o-mini", 2, api_key=KEY, seed=5, requests_per_second=3, max_retries=1
+    )
+    tuned = {(1, "critic"): TunedModel(1, "critic", "openai", TUNED, "gpt-4o-mini", 1, "ftjob-1")}
+    new = tuned_society(society, tuned, api_key=KEY).agents[1].critic
+    old = society.agents[1].critic
+    assert new.model_name == TUNED
+    # Tuning changes the weights only: the provider's shared limiter (one budget for all
+    # agents), retries, timeout and agent 1's own seed carry over.
+    assert new.rate_limiter is old.rate_limiter is society.agents[0].generator.rate_limiter
+    assert (new.max_retries, new.request_timeout, new.seed) == (1, old.request_timeout, 6)

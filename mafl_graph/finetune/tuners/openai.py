@@ -51,6 +51,7 @@ class OpenAITuner:
 
     ``retry=True`` replaces a job the ledger records as failed with a new one; without it a
     failed job raises :class:`TuningError` again, so nothing is paid for twice by accident.
+    ``base``: the model a dataset with no previous tuned model starts from.
     """
 
     backend = "openai"
@@ -65,6 +66,7 @@ class OpenAITuner:
         config: OpenAITuneConfig | None = None,
         client: Any = None,
         retry: bool = False,
+        base: str = DEFAULT_BASE,
         **client_kwargs: Any,
     ) -> None:
         if client is None:
@@ -76,6 +78,7 @@ class OpenAITuner:
         self.iteration = iteration
         self.config = config or OpenAITuneConfig()
         self.retry = retry
+        self.default_base = base  # what the first iteration tunes (later ones: their model)
 
     def tune(
         self,

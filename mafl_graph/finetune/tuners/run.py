@@ -152,9 +152,21 @@ def load_tuned(path: str | Path) -> dict[Key, TunedModel]:
     return tuned
 
 
-# What a tuned model keeps of the model it replaces: its sampling, so that tuning changes the
-# weights and nothing else (and agent i keeps its own seed, or tuned agents sample alike).
-SAMPLING = ("temperature", "top_p", "max_new_tokens", "max_tokens", "seed", "dtype")
+# What a tuned model keeps of the model it replaces: its sampling and its client limits, so
+# that tuning changes the weights and nothing else (agent i keeps its own seed, or tuned agents
+# sample alike; a hosted agent keeps its provider's shared rate limiter, retries and timeout).
+SAMPLING = (
+    "temperature",
+    "top_p",
+    "max_new_tokens",
+    "max_tokens",
+    "seed",
+    "dtype",
+    "rate_limiter",
+    "max_retries",
+    "request_timeout",
+    "timeout",
+)
 
 
 def tuned_society(society: Society, tuned: Mapping[Key, TunedModel], **chat_kwargs: Any) -> Society:
@@ -173,6 +185,6 @@ def tuned_society(society: Society, tuned: Mapping[Key, TunedModel], **chat_kwar
 
 
 def sampling_of(model: Any) -> dict[str, Any]:
-    """The sampling settings of a chat model that are pydantic fields (see SAMPLING)."""
+    """The sampling settings of a chat model that are pydantic fields and set (see SAMPLING)."""
     fields = getattr(type(model), "model_fields", {})
-    return {k: getattr(model, k) for k in SAMPLING if k in fields}
+    return {k: getattr(model, k) for k in SAMPLING if k in fields and getattr(model, k) is not None}

@@ -59,7 +59,8 @@ class VertexTuner:
     ``credentials``: google-auth credentials (default: application default credentials).
     ``base_url``/``storage_url``: other endpoints (a proxy, or a test server); by default
     google-genai's (``GOOGLE_VERTEX_BASE_URL`` overrides it) and Cloud Storage's
-    (``STORAGE_EMULATOR_HOST`` overrides it).
+    (``STORAGE_EMULATOR_HOST`` overrides it). ``base``: the model a dataset with no previous
+    tuned model starts from.
     """
 
     backend = "vertex"
@@ -80,6 +81,7 @@ class VertexTuner:
         base_url: str | None = None,
         storage_url: str | None = None,
         retry: bool = False,
+        base: str = DEFAULT_BASE,
     ) -> None:
         if not project:
             raise ValueError("Vertex AI tuning needs a Google Cloud project (--project).")
@@ -107,6 +109,7 @@ class VertexTuner:
         storage = storage_url or os.environ.get("STORAGE_EMULATOR_HOST") or STORAGE_URL
         self.storage_url = storage.rstrip("/")
         self.retry = retry
+        self.default_base = base  # what the first iteration tunes (later ones: their model)
 
     def tune(
         self,
