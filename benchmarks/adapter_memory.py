@@ -1,7 +1,8 @@
 """Memory of one base model serving many agents: the base alone, then with 6 LoRA adapters
-(one per agent and role of a 3-agent society) loaded and used in one mixed batch.
+(one per agent and role of a 3-agent society) loaded and used in one mixed batch, served by
+the engine's fused mixed-adapter layers and, side by side, by PEFT's own per-adapter loop.
 
-    python benchmarks/adapter_memory.py [--adapters 6] [--rank 16]
+    python benchmarks/adapter_memory.py [--adapters 6] [--rank 16] [--rows 28]
 
 The adapters (random LoRA weights on all linear layers, as a tuned agent would have) are
 written by a child process first, so building them does not count towards this process's peak.
@@ -42,8 +43,9 @@ def write_adapters(folder: str, count: int, rank: int) -> None:
 
 
 async def mixed_batch(engine, adapters: list[Path | None]) -> float:
+    """Seconds per generated token (rows stop at EOS, so batches differ in length)."""
     start = time.perf_counter()
-    await asyncio.gather(
+    replies = await asyncio.gather(
         *(
             engine.agenerate(
                 [{"role": "user", "content": "What is 2+3?"}],
@@ -54,13 +56,14 @@ async def mixed_batch(engine, adapters: list[Path | None]) -> float:
             for adapter in adapters
         )
     )
-    return time.perf_counter() - start
+    return (time.perf_counter() - start) / sum(r.output_tokens for r in replies)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--adapters", type=int, default=6)
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--rows", type=int, default=28, help="rows per batch, adapters cycled")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
@@ -72,7 +75,7 @@ def main() -> None:
         from mafl_graph.local import load_local_model
 
         engine = load_local_model()
-        base_seconds = asyncio.run(mixed_batch(engine, [None] * (args.adapters + 1)))
+        base_seconds = asyncio.run(mixed_batch(engine, [None] * args.rows))
         base_rss, base_peak = rss_mb(), peak_mb()
         paths = sorted(Path(folder).iterdir())
         size = sum(f.stat().st_size for p in paths for f in p.iterdir()) / 2**20
@@ -80,23 +83,30 @@ def main() -> None:
         for path in paths:
             engine.adapter_name(path)
         load_seconds = time.perf_counter() - start
-        mixed_seconds = asyncio.run(mixed_batch(engine, [None, *paths]))
+        cycle = [None, *paths]
+        rows = [cycle[i % len(cycle)] for i in range(args.rows)]
+        mixed_seconds = asyncio.run(mixed_batch(engine, rows))
         rss, peak = rss_mb(), peak_mb()
+        for module in engine._peft.modules():  # PEFT's per-adapter loop, for comparison
+            module.__dict__.pop("_mixed_batch_forward", None)
+        peft_seconds = asyncio.run(mixed_batch(engine, rows))
 
     print(
         f"\n{args.adapters} LoRA adapters, rank {args.rank}, all linear layers, "
         f"{size:.1f} MB on disk together\n"
     )
-    print("| state | RSS MB | peak RSS MB | batch of 7, 16 tokens |")
+    print(f"| state | RSS MB | peak RSS MB | batch of {args.rows}: ms per generated token |")
     print("|---|---|---|---|")
-    print(f"| base only | {base_rss:.0f} | {base_peak:.0f} | {base_seconds:.2f} s |")
+    print(f"| base only | {base_rss:.0f} | {base_peak:.0f} | {1000 * base_seconds:.1f} |")
     print(
-        f"| base + {args.adapters} adapters, mixed batch | {rss:.0f} | {peak:.0f} | "
-        f"{mixed_seconds:.2f} s |"
+        f"| base + {args.adapters} adapters, mixed batch (fused) | {rss:.0f} | {peak:.0f} | "
+        f"{1000 * mixed_seconds:.1f} |"
     )
+    print(f"| same batch, PEFT's per-adapter loop | | | {1000 * peft_seconds:.1f} |")
     print(
         f"\nadapters loaded in {load_seconds:.2f} s; peak with adapters ÷ base-only peak = "
-        f"{peak / base_peak:.2f}x"
+        f"{peak / base_peak:.2f}x; mixed batch ÷ base-only batch: fused "
+        f"{mixed_seconds / base_seconds:.2f}x, PEFT {peft_seconds / base_seconds:.2f}x"
     )
 
 

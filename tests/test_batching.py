@@ -75,6 +75,27 @@ def test_a_request_joins_a_running_batch_instead_of_waiting_for_it() -> None:
     assert long.result(10) == ([1] * 100, "length")
 
 
+def test_a_batch_that_never_empties_drops_the_history_no_row_uses() -> None:
+    widths: list[tuple[int, bool]] = []
+
+    def forward(ids, mask, positions, cache, adapters):
+        widths.append((mask.shape[1], bool(mask.any(0).all())))
+        return toy_forward(ids, mask, positions, cache, adapters)
+
+    scheduler = toy_scheduler()
+    scheduler._forward = forward
+    first = scheduler.submit(request(1, 30, adapter="slow"))
+    time.sleep(0.15)
+    second = scheduler.submit(request(1, 30, adapter="slow"))  # joins, outlives the first
+    assert first.result(10) == ([1] * 30, "length")
+    assert second.result(10) == ([1] * 30, "length")
+    assert scheduler.joined == 1
+    # Every column is some live row's history: once the first row left, the width follows
+    # the second row's own length (1 prompt token + 29 generated), not the first's.
+    assert all(full for _, full in widths)
+    assert max(width for width, _ in widths) <= 31
+
+
 def test_per_request_parameters_inside_one_batch() -> None:
     scheduler = toy_scheduler()
     stop = request(1, 20, stop=["5"])
@@ -250,3 +271,62 @@ def test_an_adapter_changes_only_its_own_rows(engine, tmp_path: Path) -> None:
         engine.request(chat("hi"), adapter=tmp_path / "missing")
     with pytest.raises(ValueError, match="No LoRA adapter"):
         LocalChatModel(adapter=str(tmp_path / "missing"))
+
+
+@pytest.mark.integration
+def test_mixed_adapter_batches_match_peft_and_each_adapter_alone(engine, tmp_path: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from mafl_graph.local import prepare_model_dir
+    from mafl_graph.local.mixed_lora import use_fused_mixed_batches
+
+    for i, (rank, modules) in enumerate([(4, "all-linear"), (8, ["q_proj", "down_proj"])]):
+        base = AutoModelForCausalLM.from_pretrained(prepare_model_dir("smollm2"))
+        torch.manual_seed(i)
+        config = LoraConfig(r=rank, lora_alpha=64, target_modules=modules, init_lora_weights=False)
+        get_peft_model(base, config).save_pretrained(tmp_path / f"a{i}")
+    names = [engine.adapter_name(tmp_path / f"a{i}") for i in range(2)]
+    rows = ["__base__", names[0], names[1], names[0]]
+    prompts = [chat(PROMPTS[i % 2]) for i in range(4)]
+    ids = [engine.request(p).prompt_ids for p in prompts]
+    width = max(map(len, ids))
+    batch = torch.tensor([[0] * (width - len(x)) + x for x in ids])
+    mask = (batch != 0).long()
+    modules = [m for m in engine._peft.modules() if hasattr(m, "_mafl_fused")]
+
+    def logits() -> torch.Tensor:
+        with torch.inference_mode():
+            out = engine._peft(input_ids=batch, attention_mask=mask, adapter_names=rows)
+        return out.logits[:, -1]
+
+    fused = logits()
+    for module in modules:  # PEFT's own per-adapter loop, for reference
+        del module._mixed_batch_forward
+    try:
+        reference = logits()
+    finally:
+        use_fused_mixed_batches(engine._peft)
+    assert len(modules) == 30 * 7  # every linear layer of every block carries LoRA
+    assert torch.allclose(fused, reference, atol=1e-4, rtol=1e-4)
+    assert torch.equal(fused[1], fused[3])  # same prompt, same adapter
+    assert not torch.allclose(fused[0], fused[2], atol=1e-2)  # same prompt, base vs a1
+
+    # Each row of a mixed batch gives exactly what its request gives alone.
+    options = {"max_new_tokens": 12, "temperature": 0.0}
+    adapters = [None, tmp_path / "a0", tmp_path / "a1", tmp_path / "a0"]
+
+    async def together():
+        return await asyncio.gather(
+            *(
+                engine.agenerate(p, adapter=a, **options)
+                for p, a in zip(prompts, adapters, strict=True)
+            )
+        )
+
+    alone = [
+        engine.generate(p, adapter=a, **options).text
+        for p, a in zip(prompts, adapters, strict=True)
+    ]
+    assert [g.text for g in asyncio.run(together())] == alone
+    assert len(set(alone[:3])) == 3  # base and both adapters answer differently

@@ -67,6 +67,12 @@ class _Rows:
         return torch.tensor([[r.generated[-1]] for r in self.requests])
 
     def select(self, keep: list[int]) -> None:
+        """Keep only the rows ``keep``, and drop the history columns none of them uses.
+
+        Without the trim a batch that never empties (rows keep joining as others finish)
+        would carry the longest history it ever held: every decode step would attend over,
+        and the cache would copy, ever more padding.
+        """
         import torch
 
         index = torch.tensor(keep, dtype=torch.long)
@@ -74,6 +80,15 @@ class _Rows:
             self.cache.batch_select_indices(index)
         self.requests = [self.requests[i] for i in keep]
         self.mask, self.positions = self.mask[index], self.positions[index]
+        if not keep:
+            return
+        # Rows are left-padded, so the columns no row uses are a block on the left.
+        unused = int(self.mask.any(0).to(torch.int8).argmax())
+        if unused:
+            self.mask = self.mask[:, unused:]
+            for layer in self.cache.layers:  # DynamicCache layers: batch, heads, tokens, dim
+                layer.keys = layer.keys[:, :, unused:]
+                layer.values = layer.values[:, :, unused:]
 
     def merge(self, other: _Rows) -> _Rows:
         """Both row sets in one batch: the shorter history is left-padded (and masked)."""

@@ -3,7 +3,7 @@
 All agents of a society (and every copy of a chat model) share one :class:`LocalEngine` per
 model and dtype. Requests from any thread or event loop go to its :class:`BatchScheduler`;
 LoRA adapters are loaded into the same base with PEFT (the base is not copied) and rows naming
-different adapters share a batch.
+different adapters share a batch, each layer applying all of them at once (``mixed_lora``).
 """
 
 from __future__ import annotations
@@ -191,6 +191,8 @@ class LocalEngine:
             )
         from peft import PeftModel
 
+        from mafl_graph.local.mixed_lora import use_fused_mixed_batches
+
         with self._model_lock:
             if directory not in self._adapters:
                 name = f"adapter{len(self._adapters)}"
@@ -200,6 +202,7 @@ class LocalEngine:
                 else:
                     self._peft.load_adapter(directory, adapter_name=name)
                 self._peft.eval()
+                use_fused_mixed_batches(self._peft)
                 self._adapters[directory] = name
         return self._adapters[directory]
 
