@@ -817,6 +817,11 @@ def eval_command(
     high: Annotated[int | None, Opt(help="arithmetic test task: largest number")] = None,
     operators: Annotated[str | None, Opt(help="arithmetic test task: operators")] = None,
     concurrency: Annotated[int, Opt(help="problems debated at once")] = 16,
+    requests_per_second: Annotated[
+        float | None, Opt(help="hosted: at most this many calls per second, all agents together")
+    ] = None,
+    max_retries: Annotated[int | None, Opt(help="hosted: the SDK's retries per call")] = None,
+    timeout: Annotated[float | None, Opt(help="hosted: seconds before a call is retried")] = None,
 ) -> None:
     """Zero-shot transfer (paper Fig. 5): the base and the tuned society on another task."""
     from mafl_graph.evaluate import evaluate_society
@@ -830,7 +835,8 @@ def eval_command(
         tuned_path = run_dir / "tuned.json"
         if not tuned_path.is_file():
             raise FileNotFoundError(f"{tuned_path} not found: the loop has not tuned yet.")
-        loop, settings = _loop_from_manifest(settings)
+        client = {"requests_per_second": requests_per_second, "max_retries": max_retries}
+        loop, settings = _loop_from_manifest(settings, client | {"timeout": timeout})
         options = {
             k: v
             for k, v in {"terms": terms, "low": low, "high": high, "operators": operators}.items()
@@ -871,19 +877,20 @@ def eval_command(
 
 
 @app.command("sweep")
+@_with_loop_options
 def sweep_command(
+    options: LoopOptions,
     run_dir: Annotated[Path, Opt(help="one loop per setting goes under here")] = Path("runs/sweep"),
     grid: Annotated[
         list[str],
         Opt(help="NAME=V1,V2 (agents, rounds, w, learning_rate, epochs, n_train); repeatable"),
     ] = ["w=0.5,0.67,0.9"],  # noqa: B006 - typer reads list defaults, never mutated
     iterations: Annotated[int, Opt(help="iterations of each loop")] = 1,
-    n_train: Annotated[int, Opt(help="train problems (unless swept)")] = 100,
-    n_test: Annotated[int, Opt(help="test problems")] = 100,
-    max_tokens: Annotated[int | None, Opt(help="at most this many new tokens per reply")] = 64,
-    high: Annotated[int | None, Opt(help="arithmetic: largest number")] = 20,
 ) -> None:
-    """Run the loop for every combination of a grid of settings; write one table."""
+    """Run the loop for every combination of a grid of settings; write one table.
+
+    Every other option is the loop's, for every grid point (the swept ones excepted).
+    """
     import itertools
 
     from mafl_graph.report import markdown_table, rows
@@ -906,9 +913,8 @@ def sweep_command(
     for combination in itertools.product(*axes.values()):
         point = dict(zip(axes, combination, strict=True))
         label = ",".join(f"{k}={v}" for k, v in point.items())
-        options: dict[str, Any] = {"iterations": iterations, "n_train": n_train}
-        options |= {"n_test": n_test, "max_tokens": max_tokens, "high": high, **point}
-        loop_command(run_dir=run_dir / label, **options)
+        chosen = {**dataclasses.asdict(options), **point}
+        loop_command(run_dir=run_dir / label, iterations=iterations, **chosen)
         table[label] = _read_metrics(run_dir / label / "metrics.json")
     text = markdown_table(rows(table))
     (run_dir / "sweep.md").write_text(text)
@@ -921,8 +927,13 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _loop_from_manifest(settings: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """The loop a run directory was made with, rebuilt from its manifest's settings."""
+def _loop_from_manifest(
+    settings: dict[str, Any], client: Mapping[str, Any] | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """The loop a run directory was made with, rebuilt from its manifest's settings.
+
+    ``client``: how to reach a hosted provider (rate, retries, timeout), never in a manifest.
+    """
     from mafl_graph.loop import MultiagentFinetuning
 
     task_options = dict(settings.get("task_options", {}))
@@ -940,6 +951,7 @@ def _loop_from_manifest(settings: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         low=task_options.get("low"),
         high=task_options.get("high"),
         operators=task_options.get("operators"),
+        **dict(client or {}),
     )
     society, the_task, tuner, _ = _loop_setup(options, tune=settings.get("tune"))
     loop = MultiagentFinetuning(

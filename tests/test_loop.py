@@ -170,6 +170,36 @@ def test_mafl_loop_tunes_an_openai_model_with_openai_jobs_and_records_usage(tmp_
     assert total["cost_usd"] > 0  # gpt-4o-mini and its tuned models have list prices
     assert KEY not in (tmp_path / "usage.json").read_text()
     assert KEY not in (tmp_path / "manifest.json").read_text()
+    # Zero-shot transfer of the tuned hosted society, rate-limited, with its own usage.
+    with serve(world) as (url, _):
+        transfer = mafl(
+            "eval",
+            *("--run-dir", str(tmp_path), "--test-task", "arithmetic", "--n", "2"),
+            *("--terms", "2", "--high", "40", "--requests-per-second", "100"),
+            url=url,
+        )
+    assert transfer.exit_code == 0, transfer.output[-3000:]
+    out = tmp_path / "transfer" / "arithmetic"
+    records = json.loads((out / "metrics.json").read_text())
+    assert [r["eval"]["accuracy"]["n"] for r in records] == [2, 2]
+    assert _usage_total(out / "usage.json")["calls"] == len(world.chats) - chats
+
+
+def test_mafl_sweep_runs_one_hosted_loop_per_grid_point(tmp_path, mafl):
+    world = OpenAIWorld()
+    with serve(world) as (url, _):
+        done = mafl(
+            "sweep",
+            *("--run-dir", str(tmp_path), "--grid", "agents=2,3", "--model", "openai:gpt-4o-mini"),
+            *("--n-train", "4", "--n-test", "2", "--concurrency", "2", "--poll-interval", "0.01"),
+            url=url,
+        )
+    assert done.exit_code == 0, done.output[-3000:]
+    for agents in (2, 3):
+        manifest = json.loads((tmp_path / f"agents={agents}" / "manifest.json").read_text())
+        assert manifest["settings"]["agents"] == agents
+    assert (tmp_path / "sweep.md").read_text().count("agents=") == 2
+    assert len(world.jobs) == 2 * 2 + 3 * 2  # each point tunes every agent's two roles
 
 
 def test_mafl_compare_runs_hosted_baselines_each_with_its_usage(tmp_path, mafl):
