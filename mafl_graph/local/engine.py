@@ -9,6 +9,7 @@ different adapters share a batch, each layer applying all of them at once (``mix
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,10 @@ class LocalEngine:
         self._model_lock = threading.Lock()  # held around forward passes and adapter loads
         self._tokenizer_lock = threading.Lock()  # the fast tokenizer is not thread-safe
         self._peft: Any = None
+        # transformers 5.x renamed the forward's ``past_key_values`` to ``cache`` (the old name
+        # goes in 5.40): use whichever this version takes.
+        forward = inspect.signature(model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in forward else "past_key_values"
         self._adapters: dict[Path, str] = {}
         pad = tokenizer.pad_token_id
         self.scheduler = BatchScheduler(
@@ -224,12 +229,12 @@ class LocalEngine:
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache if cache is not None else DynamicCache(),
             use_cache=True,
             logits_to_keep=1,
+            **{self._cache_kwarg: cache if cache is not None else DynamicCache()},
             **extra,
         )
-        return out.logits[:, -1, :], out.past_key_values
+        return out.logits[:, -1, :], out.get("cache", out.get("past_key_values"))
 
     def _decode(self, ids: list[int]) -> str:
         with self._tokenizer_lock:
