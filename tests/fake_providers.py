@@ -89,7 +89,10 @@ class FakeOpenAIChat:
 
 
 class FakeGemini:
-    """POST /v1beta/models/<model>:generateContent with an API key header (Gemini API)."""
+    """POST /v1[beta]/models/<model>:generateContent with an API key header (Gemini API).
+
+    Both API versions: langchain-google-genai moved its default from v1beta to v1 (4.x).
+    """
 
     def __init__(self, api_key: str) -> None:
         self.api_key = api_key
@@ -102,7 +105,7 @@ class FakeGemini:
                 "error": {"code": 403, "message": "bad key", "status": "PERMISSION_DENIED"}
             }
         path = call.path.split("?")[0]
-        match = re.fullmatch(r"/v1beta/models/([^:]+):generateContent", path)
+        match = re.fullmatch(r"/v1(?:beta)?/models/([^:]+):generateContent", path)
         if call.method != "POST" or not match:
             return 404, {
                 "error": {"code": 404, "message": f"no route {path}", "status": "NOT_FOUND"}

@@ -198,7 +198,10 @@ async def _debate(
                 problem_id=problem.id, question=problem.question, reference=problem.answer
             )
             saved = await graph.ainvoke(start, config, durability="sync")
-        elif snapshot.next:  # interrupted: finish from the last saved step
+        elif snapshot.next or "consensus_fraction" not in saved:
+            # Interrupted: finish from the last saved step. Only the vote's keys say a debate
+            # is done: a thread killed mid-step came back with an empty ``next`` under
+            # langgraph 1.2.24 and still resumed (tests/test_kill_resume.py).
             saved = await graph.ainvoke(None, config, durability="sync")
     except Exception as exc:  # one bad problem must not sink the run
         return DebateResult(problem.id, problem.question, problem.answer, error=_describe(exc))
