@@ -8,11 +8,11 @@ right.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import random
 import re
-import sys
-import time
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -216,24 +216,43 @@ class _Timeout(BaseException):
 def _within(timeout: float, fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)``, or None once ``timeout`` seconds have passed; works in any thread.
 
-    A trace function (per thread, unlike signals) raises at the first Python call past the
-    deadline. Work inside a single C call cannot be interrupted this way (nor by signals off the
-    main thread); :func:`_too_big` keeps the known case, huge integer powers, out.
+    Hand-written because math-verify's timeout is ``signal.alarm`` (main thread only) and sympy
+    has none. A watchdog thread raises :class:`_Timeout` in the calling thread once the deadline
+    passes, and again every 50 ms until ``fn`` gives up: sympy has bare ``except:`` blocks that
+    swallow a single exception (which is how a trace-function timeout, switched off by Python
+    after its first raise, once let a sum run for minutes). Work inside a single C call cannot
+    be interrupted; :func:`_too_big` keeps the known case, huge integer powers, out.
     """
-    deadline = time.monotonic() + timeout
+    caller = ctypes.c_ulong(threading.get_ident())
+    done = threading.Event()
 
-    def tracer(frame: Any, event: str, arg: Any) -> None:
-        if time.monotonic() > deadline:
-            raise _Timeout
+    def watchdog() -> None:
+        if done.wait(timeout):
+            return
+        while not done.is_set():
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(caller, ctypes.py_object(_Timeout))
+            done.wait(0.05)
 
-    previous = sys.gettrace()
-    sys.settrace(tracer)
+    watcher = threading.Thread(target=watchdog, name="mafl-grading-timeout", daemon=True)
+    result = None
+    watcher.start()
     try:
-        return fn(*args)
+        try:
+            result = fn(*args)
+        finally:
+            done.set()
     except _Timeout:
-        return None
-    finally:
-        sys.settrace(previous)
+        result = None
+    # An exception sent just before ``done`` was set may still arrive: stop the watchdog (again,
+    # in case the first ``set`` was itself interrupted), then take back what it left pending.
+    while True:
+        try:
+            done.set()
+            watcher.join()
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(caller, None)
+            return result
+        except _Timeout:
+            result = None
 
 
 class _QuietTimeoutNotice(logging.Filter):
