@@ -77,7 +77,8 @@ def compare_methods(
     """Run (or resume) each method under ``run_dir``; returns each one's metrics.
 
     ``iterations``: for multiagent and single-agent FT (the curves of the paper's Fig. 1);
-    majority FT and the ablations run ``ablation_iterations``.
+    majority FT and the ablations run ``ablation_iterations``. ``diversity`` is measured
+    after each evaluation of multiagent and single-agent FT.
     """
     if unknown := [m for m in methods if m not in BASELINES]:
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(BASELINES)}.")
@@ -117,7 +118,8 @@ def compare_methods(
             w=w,
             seed=seed,
             concurrency=concurrency,
-            diversity=diversity,
+            # Diversity is a per-iteration curve (paper Fig. 4): measured where there is one.
+            diversity=diversity if long_run else None,
             settings=settings,
             progress=progress,
         )
