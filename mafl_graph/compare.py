@@ -45,9 +45,9 @@ _SHARED = {
 BASELINES: tuple[str, ...] = (
     "multiagent",
     "single",
+    "majority-vote",
     "majority",
     "no-critics",
-    "majority-vote",
     "no-summarizer",
 )
 
@@ -85,7 +85,7 @@ def compare_methods(
     run_dir = Path(run_dir)
     results: dict[str, list[dict[str, Any]]] = {}
     common = {"n_test": n_test, "seed": seed, **dict(settings or {})}
-    # Cheapest evidence first: a run stopped early has the main comparison.
+    # The main comparison first, then the cheapest: a run stopped early has what matters most.
     for name in sorted(methods, key=BASELINES.index):
         if name == "majority-vote":
             results[name] = [
