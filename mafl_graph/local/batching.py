@@ -86,9 +86,8 @@ class _Rows:
         unused = int(self.mask.any(0).to(torch.int8).argmax())
         if unused:
             self.mask = self.mask[:, unused:]
-            for layer in self.cache.layers:  # DynamicCache layers: batch, heads, tokens, dim
-                layer.keys = layer.keys[:, :, unused:]
-                layer.values = layer.values[:, :, unused:]
+            for layer in self.cache.layers:  # GrowingLayer: batch, heads, tokens, dim
+                layer.drop_left(unused)
 
     def merge(self, other: _Rows) -> _Rows:
         """Both row sets in one batch: the shorter history is left-padded (and masked)."""
@@ -99,8 +98,8 @@ class _Rows:
         if not self.requests:
             return other
         width = max(self.mask.shape[1], other.mask.shape[1])
-        # Reaches into DynamicCache's layers (keys/values: batch, heads, tokens, dim): it has
-        # batch_select_indices to drop rows but nothing to add them.
+        # Reaches into the cache's layers (keys/values: batch, heads, tokens, dim): DynamicCache
+        # has batch_select_indices to drop rows but nothing to add them.
         caches = []
         for rows in (self, other):
             missing = width - rows.mask.shape[1]

@@ -219,7 +219,7 @@ class LocalEngine:
         cache: Any,
         adapters: list[str],
     ) -> tuple[torch.Tensor, Any]:
-        from transformers import DynamicCache
+        from mafl_graph.local.growing_cache import GrowingCache
 
         model, extra = self.model, {}
         if self._peft is not None:
@@ -231,7 +231,7 @@ class LocalEngine:
             position_ids=positions,
             use_cache=True,
             logits_to_keep=1,
-            **{self._cache_kwarg: cache if cache is not None else DynamicCache()},
+            **{self._cache_kwarg: cache if cache is not None else GrowingCache()},
             **extra,
         )
         return out.logits[:, -1, :], out.get("cache", out.get("past_key_values"))
