@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/debate_throughput.py
 	$(PY) benchmarks/orchestration_overhead.py
 	$(PY) benchmarks/adapter_memory.py
+	$(PY) benchmarks/kv_cache.py
 	$(PY) benchmarks/traces_scaling.py
 	$(PY) benchmarks/lora_step.py
 
