@@ -34,7 +34,9 @@ METHOD_RUNS: dict[str, dict[str, Any]] = {
     "single": {"method": "single"},
     "majority": {"method": "majority"},
     "no-critics": {"method": "multiagent", "tune_critics": False},
-    "no-summarizer": {"method": "multiagent", "summarize": False},
+    # Table 1 compares the tuned societies; the untuned debate without a summarizer would be one
+    # more full evaluation, so it is skipped (run `mafl loop --no-summarize` for it).
+    "no-summarizer": {"method": "multiagent", "summarize": False, "evaluate_base": False},
 }
 # Which shared debates each run may copy from multiagent/ (identical calls, by construction).
 _SHARED = {
@@ -115,6 +117,7 @@ def compare_methods(
             summarize=options.get("summarize", summarize),
             method=options["method"],
             tune_critics=options.get("tune_critics", True),
+            evaluate_base=options.get("evaluate_base", True),
             w=w,
             seed=seed,
             concurrency=concurrency,

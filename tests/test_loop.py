@@ -210,7 +210,7 @@ def test_mafl_compare_runs_hosted_baselines_each_with_its_usage(tmp_path, mafl):
             "--run-dir",
             str(tmp_path),
             "--methods",
-            "majority-vote,single",
+            "majority-vote,single,no-summarizer",
             "--iterations",
             "1",
             "--model",
@@ -227,12 +227,16 @@ def test_mafl_compare_runs_hosted_baselines_each_with_its_usage(tmp_path, mafl):
             url=url,
         )
     assert done.exit_code == 0, done.output[-3000:]
-    assert [(j["suffix"], j["model"]) for j in world.jobs] == [
-        ("agent0-generator", "gpt-4o-mini-2024-07-18")
-    ]
-    calls = sum(
-        _usage_total(tmp_path / m / "usage.json")["calls"] for m in ("majority-vote", "single")
+    jobs = [(j["suffix"], j["model"]) for j in world.jobs]
+    assert jobs[0] == ("agent0-generator", "gpt-4o-mini-2024-07-18")  # single, run first
+    assert sorted(s for s, _ in jobs[1:]) == sorted(  # no-summarizer, jobs in parallel
+        f"agent{a}-{role}" for a in range(3) for role in ("critic", "generator")
     )
+    # The ablation's untuned debate is not evaluated: Table 1 compares the tuned societies.
+    ablation = json.loads((tmp_path / "no-summarizer" / "metrics.json").read_text())
+    assert [m["iteration"] for m in ablation if "eval" in m] == [1]
+    methods = ("majority-vote", "single", "no-summarizer")
+    calls = sum(_usage_total(tmp_path / m / "usage.json")["calls"] for m in methods)
     assert calls == len(world.chats)
     assert (tmp_path / "report.md").is_file()
 
