@@ -59,12 +59,17 @@ def _num(value: Any, digits: int = 3) -> str:
 
 def rows(metrics: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, str]]:
     """One row per (method, evaluated iteration), in the table's column order."""
-    out = []
+    out, bases = [], set()
     for method, records in metrics.items():
         for record in records:
             ev = record.get("eval")
             if not ev:
                 continue
+            if record["iteration"] == 0:  # methods copy the shared untuned debate: show it once
+                base = json.dumps([ev.get("accuracy"), ev.get("round_accuracy"), ev.get("tokens")])
+                if base in bases:
+                    continue
+                bases.add(base)
             rounds = ev.get("round_accuracy") or [None]
             diversity = record.get("diversity") or {}
             train = record.get("train") or {}
