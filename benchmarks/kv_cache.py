@@ -21,31 +21,20 @@ from mafl_graph.local.growing_cache import GrowingCache
 
 
 def decode(engine, ids, mask, steps: int, cache) -> tuple[float, torch.Tensor]:
+    """Prefill, then ``steps`` greedy decode steps through the engine's own forward."""
+    base = ["__base__"] * len(ids)  # no adapter (the name matters only once one is loaded)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.inference_mode():
-        out = engine.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-            **{engine._cache_kwarg: cache},
-        )
+        last, cache = engine._forward(ids, mask, positions, cache, base)
         logits = []
         start = time.perf_counter()
         for _ in range(steps):
-            next_ids = out.logits[:, -1].argmax(-1, keepdim=True)
             mask = torch.cat([mask, torch.ones(len(ids), 1, dtype=mask.dtype)], -1)
             positions = positions[:, -1:] + 1
-            out = engine.model(
-                input_ids=next_ids,
-                attention_mask=mask,
-                position_ids=positions,
-                use_cache=True,
-                logits_to_keep=1,
-                **{engine._cache_kwarg: cache},
+            last, cache = engine._forward(
+                last.argmax(-1, keepdim=True), mask, positions, cache, base
             )
-            logits.append(out.logits[:, -1])
+            logits.append(last)
         return (time.perf_counter() - start) / steps, torch.stack(logits)
 
 

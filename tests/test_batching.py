@@ -186,12 +186,17 @@ def test_batched_and_single_outputs_agree(engine, options) -> None:
 @pytest.mark.integration
 def test_a_request_joining_mid_batch_gets_the_text_it_gets_alone(engine) -> None:
     greedy = {"max_new_tokens": 24, "temperature": 0.0}
-    alone = [engine.generate(chat(p), **greedy).text for p in PROMPTS[:3]]
+    # The first reply must outlast a few decode steps (a short answer could end before the
+    # others arrive): counting to 40 does not stop within 24 tokens.
+    prompts = ["Count from 1 to 40, separated by commas.", *PROMPTS[1:3]]
+    alone = [engine.generate(chat(p), **greedy).text for p in prompts]
 
     async def staggered():
-        first = asyncio.ensure_future(engine.agenerate(chat(PROMPTS[0]), **greedy))
-        await asyncio.sleep(0.4)  # a few decode steps in
-        later = [engine.agenerate(chat(p), **greedy) for p in PROMPTS[1:3]]
+        steps = engine.scheduler.decode_steps
+        first = asyncio.ensure_future(engine.agenerate(chat(prompts[0]), **greedy))
+        while engine.scheduler.decode_steps < steps + 3:  # a few decode steps in
+            await asyncio.sleep(0.01)
+        later = [engine.agenerate(chat(p), **greedy) for p in prompts[1:3]]
         return [r.text for r in await asyncio.gather(first, *later)]
 
     joined = engine.scheduler.joined

@@ -54,7 +54,6 @@ def test_appends_selects_drops_and_merges_like_dynamic_layer() -> None:
 @pytest.mark.integration
 def test_the_model_decodes_the_same_logits_with_it(engine) -> None:
     """Greedy decoding of a left-padded batch, rows leaving midway: bit-identical logits."""
-    model = engine.model
     torch.manual_seed(0)
     ids = torch.randint(100, 5000, (3, 12))
     mask = torch.ones_like(ids)
@@ -66,20 +65,13 @@ def test_the_model_decodes_the_same_logits_with_it(engine) -> None:
         logits = []
         with torch.inference_mode():
             for step in range(8):
-                out = model(
-                    input_ids=step_ids,
-                    attention_mask=step_mask,
-                    position_ids=positions,
-                    use_cache=True,
-                    logits_to_keep=1,
-                    **{engine._cache_kwarg: cache},
-                )
-                logits.append(out.logits[:, -1])
-                step_ids = out.logits[:, -1].argmax(-1, keepdim=True)
+                rows = ["__base__"] * len(step_ids)
+                last, cache = engine._forward(step_ids, step_mask, positions, cache, rows)
+                logits.append(last)
+                step_ids = last.argmax(-1, keepdim=True)
                 if step == 3:  # the first row leaves the batch
                     cache.batch_select_indices(torch.tensor([1, 2]))
-                    step_ids, step_mask = step_ids[1:], step_mask[1:]
-                    positions = positions[1:]
+                    step_ids, step_mask, positions = step_ids[1:], step_mask[1:], positions[1:]
                 step_mask = torch.cat([step_mask, torch.ones(len(step_ids), 1, dtype=int)], -1)
                 positions = positions[:, -1:] + 1
         return logits

@@ -6,7 +6,7 @@ the whole cache of all 30 layers once more. Here each layer keeps spare columns 
 and writes the new token into them; a copy happens only when the spare columns run out (every
 ``GROW_TOKENS`` steps), when rows join a batch, or when a row set is re-indexed. The attention
 reads a view of the filled columns, so the logits are bit-identical to ``DynamicLayer``'s
-(``benchmarks/debate_throughput.py`` measures the decode step; tests/test_batching.py checks
+(``benchmarks/kv_cache.py`` measures a decode step; tests/test_growing_cache.py checks the
 equality).
 
 transformers has no such dynamic layer (``StaticLayer`` preallocates a fixed maximum length
