@@ -1,10 +1,12 @@
 """P2: what the graph, the runner and SQLite checkpoints cost on top of the model calls.
 
 A fake chat model answers every call after a fixed latency, serving at most C calls at once
-(like a provider's concurrency limit). The ideal wall time is calls × latency / C; the printed
-ratio is measured wall time over that ideal, for each C, in one run. The same run with zero
-latency shows the floor: the graph's, LangChain's and SQLite's own CPU time for these calls,
-which no amount of concurrency hides.
+(like a provider's concurrency limit); the runner keeps C debates in flight, as
+``mafl ... --concurrency C`` does. The ideal wall time is calls × latency / C; the printed
+ratio is measured wall time over that ideal, for each C, in one run (the median of
+``--repeats`` runs, with their range: on a shared 2-core VM single runs vary by ±10%). The same
+run with zero latency shows the floor: the graph's, LangChain's and SQLite's own CPU time for
+these calls, which no amount of concurrency hides.
 
     python benchmarks/orchestration_overhead.py [--problems 100] [--latency 0.05]
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -52,6 +55,7 @@ class FixedLatencyModel(BaseChatModel):
 
 
 async def measure(problems: int, latency: float, slots: int) -> tuple[int, float]:
+    """Calls made and wall seconds for one SQLite-checkpointed run of ``problems`` debates."""
     model = FixedLatencyModel(latency=latency, slots=slots)
     task = Arithmetic()
     graph = create_debate_graph(Society.from_model(model, 3), task, rounds=2, summarize=False)
@@ -62,7 +66,7 @@ async def measure(problems: int, latency: float, slots: int) -> tuple[int, float
             task.load("test", problems),
             run_id="p2",
             db_path=Path(tmp) / "p2.sqlite",
-            max_concurrency=problems,
+            max_concurrency=slots,
             progress=False,
         )
         return model._calls, time.perf_counter() - start
@@ -73,21 +77,31 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=100)
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--slots", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     print(
         f"\n{args.problems} problems x 3 agents x 2 rounds, {1000 * args.latency:.0f} ms a call, "
         "SQLite checkpoints\n"
     )
+    asyncio.run(measure(args.problems, 0.0, max(args.slots)))  # warm-up: first-call imports
     _, floor = asyncio.run(measure(args.problems, 0.0, max(args.slots)))
     print(
         f"floor (zero latency): {floor:.2f} s, {1000 * floor / (6 * args.problems):.2f} ms a call\n"
     )
-    print("| concurrent calls | calls | ideal s | measured s | measured ÷ ideal |")
+    print("| concurrent calls | calls | ideal s | measured s | measured ÷ ideal (range) |")
     print("|---|---|---|---|---|")
     for slots in args.slots:
-        calls, seconds = asyncio.run(measure(args.problems, args.latency, slots))
+        runs = [
+            asyncio.run(measure(args.problems, args.latency, slots)) for _ in range(args.repeats)
+        ]
+        calls = runs[0][0]
+        seconds = statistics.median(s for _, s in runs)
         ideal = calls * args.latency / slots
-        print(f"| {slots} | {calls} | {ideal:.2f} | {seconds:.2f} | {seconds / ideal:.2f}x |")
+        low, high = min(s for _, s in runs) / ideal, max(s for _, s in runs) / ideal
+        print(
+            f"| {slots} | {calls} | {ideal:.2f} | {seconds:.2f} | "
+            f"{seconds / ideal:.2f}x ({low:.2f}-{high:.2f}) |"
+        )
 
 
 if __name__ == "__main__":

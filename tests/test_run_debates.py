@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -94,3 +95,30 @@ def test_killed_run_resumes_without_repeating_a_finished_call(tmp_path: Path, di
     assert resumed.stdout == uninterrupted.stdout
     assert worker(tmp_path, n).stdout == resumed.stdout
     assert logged_calls(tmp_path) == n * CALLS_PER_PROBLEM  # a finished run asks nothing
+
+
+def test_a_run_hides_loaded_objects_from_the_collector_only_while_it_runs(tmp_path: Path) -> None:
+    """The run freezes what was loaded before it and hands it back; an app's own freeze stays."""
+    frozen_during: list[int] = []
+
+    def reply(messages) -> str:
+        frozen_during.append(gc.get_freeze_count())
+        return "\\boxed{1}"
+
+    task = EchoTask(["1"])
+    graph = create_debate_graph(Society.from_model(ScriptedModel(reply=reply)), task)
+    assert gc.get_freeze_count() == 0
+    run_debates(graph, task.load("test"), run_id="a", db_path=tmp_path / "g.sqlite", progress=False)
+    assert min(frozen_during) > 0
+    assert gc.get_freeze_count() == 0
+
+    gc.freeze()  # the application's own, e.g. before forking workers
+    try:
+        kept = gc.get_freeze_count()
+        run_debates(
+            graph, task.load("test"), run_id="b", db_path=tmp_path / "g.sqlite", progress=False
+        )
+        # neither unfrozen nor frozen anew (a frozen object freed meanwhile lowers the count)
+        assert 0.9 * kept < gc.get_freeze_count() <= kept
+    finally:
+        gc.unfreeze()
