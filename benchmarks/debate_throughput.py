@@ -3,7 +3,8 @@ one at a time and against raw batched ``model.generate`` — measured side by si
 
     python benchmarks/debate_throughput.py [--problems 32] [--max-tokens 64]
 
-(a) "one at a time" is how the reference implementations call a local model; (b) raw
+(a) "one at a time" is how the reference implementations call a local model (no kept
+replies: the prefix cache is emptied first, and these requests keep nothing); (b) raw
 ``generate`` in batches of the scheduler's size is the ceiling for plain batching (it computes
 every row until the longest ends; only tokens up to each row's EOS are counted as useful).
 Throughput is generated tokens per second; (a) and (b) replay a sample of the very prompts the
@@ -100,6 +101,10 @@ def main() -> None:
     mean_batch = scheduler.decode_rows / max(1, scheduler.decode_steps)
     batch = scheduler.max_batch_size
     graph_rate = tokens / seconds
+    prefixes = scheduler.prefixes
+    assert prefixes is not None
+    hits, reused = prefixes.hits, prefixes.reused_tokens
+    prefixes.clear()
     seq_tokens, seq_seconds = one_at_a_time(prompts[: args.sequential_sample], args.max_tokens)
     raw_tokens, raw_seconds = raw_generate(prompts[: 2 * batch], args.max_tokens, batch)
     seq_rate, raw_rate = seq_tokens / seq_seconds, raw_tokens / raw_seconds
@@ -111,7 +116,8 @@ def main() -> None:
     print(
         f"debate: {args.problems} problems x 3 agents x 2 rounds + summaries = {len(prompts)} "
         f"calls, {args.max_tokens} new tokens at most; mean batch "
-        f"{mean_batch:.1f} rows per decode step, {scheduler.joined} joined a running batch\n"
+        f"{mean_batch:.1f} rows per decode step, {scheduler.joined} joined a running batch; "
+        f"{hits} prompts reused kept keys and values, {reused} prompt tokens not run again\n"
     )
     print("| path | requests | tokens | seconds | tokens/s | graph ÷ path |")
     print("|---|---|---|---|---|---|")

@@ -28,6 +28,11 @@ from langchain_core.rate_limiters import InMemoryRateLimiter
 
 from mafl_graph.redact import redact, remember_secret
 
+CONTINUED_KEY = "continued"
+"""Call metadata: True when the caller will send the conversation again with this reply and
+more turns appended (a debate agent's next round). The local model then keeps the reply's keys
+and values so the next prompt skips them; for hosted models it is only a trace attribute."""
+
 PROVIDERS = ("local", "openai", "google_genai")
 HOSTED = ("openai", "google_genai")
 DEFAULT_TIMEOUT = 180.0

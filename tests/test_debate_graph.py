@@ -10,6 +10,7 @@ from fakes import CallRecorder, EchoTask, ScriptedModel
 from langgraph.checkpoint.memory import InMemorySaver
 
 from mafl_graph import Society, create_debate_graph, run_debates
+from mafl_graph.models import CONTINUED_KEY
 from mafl_graph.society import Agent
 
 
@@ -167,6 +168,8 @@ def test_every_model_call_is_named_tagged_and_carries_metadata() -> None:
         assert f"agent:{meta['agent']}" in run["tags"]
         assert f"round:{meta['round']}" in run["tags"]
         assert "iteration:3" in run["tags"]
+        # only a reply that the agent's next round appends to its conversation is "continued"
+        assert meta[CONTINUED_KEY] is (meta["role"] == "generator"), meta
 
 
 def test_invalid_settings_are_refused_with_the_value() -> None:

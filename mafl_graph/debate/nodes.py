@@ -27,7 +27,7 @@ from mafl_graph.debate.state import (
     latest_responses,
 )
 from mafl_graph.grading import majority_vote
-from mafl_graph.models import EmptyReplyError, model_label
+from mafl_graph.models import CONTINUED_KEY, EmptyReplyError, model_label
 from mafl_graph.redact import scrub_exception
 from mafl_graph.society import Society
 from mafl_graph.tasks.base import Problem, Task
@@ -151,7 +151,7 @@ class DebateNodes:
         def run(turn: AgentTurn, config: RunnableConfig) -> Any:
             call = plan(turn)
             try:
-                reply = call.model.invoke(_as_input(call), _call_config(call, turn, config))
+                reply = call.model.invoke(_as_input(call), self._call_config(call, turn, config))
             except Exception as exc:  # LangGraph records it in the checkpoint: no keys there
                 scrub_exception(exc)
                 raise
@@ -160,13 +160,32 @@ class DebateNodes:
         async def arun(turn: AgentTurn, config: RunnableConfig) -> Any:
             call = plan(turn)
             try:
-                reply = await call.model.ainvoke(_as_input(call), _call_config(call, turn, config))
+                reply = await call.model.ainvoke(
+                    _as_input(call), self._call_config(call, turn, config)
+                )
             except Exception as exc:
                 scrub_exception(exc)
                 raise
             return finish(turn, self._response(call, reply))
 
         return _node_runnable(run, arun, name)
+
+    def _call_config(self, call: _Call, turn: AgentTurn, config: RunnableConfig) -> RunnableConfig:
+        """LangSmith-ready name, tags and metadata for one model call."""
+        inherited = config.get("metadata") or {}
+        metadata = {
+            "agent": call.agent,
+            "role": call.role,
+            "round": call.round,
+            "problem_id": turn["state"]["problem_id"],
+            # The agent's next round appends this reply to these messages (see _plan_critique).
+            CONTINUED_KEY: call.role != "summarizer" and call.round < self.rounds,
+        }
+        tags = [f"role:{call.role}", f"agent:{call.agent}", f"round:{call.round}"]
+        if "iteration" in inherited:
+            tags.append(f"iteration:{inherited['iteration']}")
+        run_name = "summarizer" if call.role == "summarizer" else f"{call.role}[{call.agent}]"
+        return merge_configs(config, {"run_name": run_name, "tags": tags, "metadata": metadata})
 
     def _response(self, call: _Call, reply: BaseMessage) -> Response:
         text = reply.text if isinstance(reply.text, str) else str(reply.content)
@@ -247,19 +266,3 @@ def _to_turns(messages: list[BaseMessage]) -> list[ChatTurn]:
 
 def _as_input(call: _Call) -> list[dict[str, Any]]:
     return [dict(turn) for turn in call.messages]
-
-
-def _call_config(call: _Call, turn: AgentTurn, config: RunnableConfig) -> RunnableConfig:
-    """LangSmith-ready name, tags and metadata for one model call."""
-    inherited = config.get("metadata") or {}
-    metadata = {
-        "agent": call.agent,
-        "role": call.role,
-        "round": call.round,
-        "problem_id": turn["state"]["problem_id"],
-    }
-    tags = [f"role:{call.role}", f"agent:{call.agent}", f"round:{call.round}"]
-    if "iteration" in inherited:
-        tags.append(f"iteration:{inherited['iteration']}")
-    run_name = "summarizer" if call.role == "summarizer" else f"{call.role}[{call.agent}]"
-    return merge_configs(config, {"run_name": run_name, "tags": tags, "metadata": metadata})

@@ -22,6 +22,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mafl_graph.local.prefix_cache import PrefixCache, batch_cache, row_layers
+
 if TYPE_CHECKING:
     import torch
 
@@ -40,6 +42,8 @@ class Request:
     seed: int | None
     stop: list[str]
     adapter: str = BASE_ADAPTER
+    keep: bool = False
+    """Keep this sequence's keys and values once it ends: its caller will continue it."""
     abandoned: bool = False
     """Set by a waiter that gave up (e.g. a cancelled task): the row leaves the batch."""
     future: Future[tuple[list[int], str]] = field(default_factory=Future)
@@ -98,24 +102,17 @@ class _Rows:
         if not self.requests:
             return other
         width = max(self.mask.shape[1], other.mask.shape[1])
-        # Reaches into the cache's layers (keys/values: batch, heads, tokens, dim): DynamicCache
-        # has batch_select_indices to drop rows but nothing to add them.
-        caches = []
-        for rows in (self, other):
-            missing = width - rows.mask.shape[1]
-            if missing:
-                for layer in rows.cache.layers:
-                    layer.keys = torch.nn.functional.pad(layer.keys, (0, 0, missing, 0))
-                    layer.values = torch.nn.functional.pad(layer.values, (0, 0, missing, 0))
-            caches.append((rows.cache, torch.nn.functional.pad(rows.mask, (missing, 0))))
-        (cache, mask), (extra, extra_mask) = caches
-        for layer, joining in zip(cache.layers, extra.layers, strict=True):
-            layer.keys = torch.cat([layer.keys, joining.keys])
-            layer.values = torch.cat([layer.values, joining.values])
+        # The mask has one column more than the cache: the token the next step feeds.
+        for layer, joining in zip(self.cache.layers, other.cache.layers, strict=True):
+            layer.stack(joining, width - 1)  # GrowingLayer
+        masks = [
+            torch.nn.functional.pad(rows.mask, (width - rows.mask.shape[1], 0))
+            for rows in (self, other)
+        ]
         return _Rows(
             self.requests + other.requests,
-            cache,
-            torch.cat([mask, extra_mask]),
+            self.cache,
+            torch.cat(masks),
             torch.cat([self.positions, other.positions]),
         )
 
@@ -130,6 +127,8 @@ class BatchScheduler:
     ``forward(input_ids, attention_mask, position_ids, cache, adapters)`` runs the model and
     returns ``(last-position logits, cache)``; ``decode(ids)`` turns ids into text for stop
     strings; ``lock`` is held around every forward pass, so adapters can be loaded safely.
+    ``prefixes``: where finished ``keep`` requests leave their keys and values for prompts
+    that continue them (the caches ``forward`` returns must then be ``GrowingCache``s).
     """
 
     def __init__(
@@ -142,6 +141,7 @@ class BatchScheduler:
         lock: threading.Lock,
         max_batch_size: int = 64,
         gather_seconds: float = 0.01,
+        prefixes: PrefixCache | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1; got {max_batch_size}")
@@ -152,6 +152,7 @@ class BatchScheduler:
         self._lock = lock
         self.max_batch_size = max_batch_size
         self.gather_seconds = gather_seconds
+        self.prefixes = prefixes
         self._queue: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -224,22 +225,36 @@ class BatchScheduler:
                 self._advance(rows, logits)
 
     def _prefill(self, batch: list[Request]) -> _Rows:
-        """Run the prompts of ``batch`` (left-padded) and sample each row's first token."""
+        """Run the prompts of ``batch`` (left-padded) and sample each row's first token.
+
+        A prompt that continues a kept sequence starts from its keys and values and runs only
+        its remaining tokens (see ``prefix_cache``).
+        """
         import torch
 
         for request in batch:
             if request.seed is not None and request.temperature > 0:
                 request.generator = torch.Generator().manual_seed(request.seed)
-        width = max(len(r.prompt_ids) for r in batch)
-        pads = [width - len(r.prompt_ids) for r in batch]
-        ids = torch.tensor(
-            [[self._pad_id] * p + r.prompt_ids for p, r in zip(pads, batch, strict=True)]
-        )
+        hits = [
+            self.prefixes.lookup(r.adapter, r.prompt_ids)
+            if self.prefixes is not None
+            else (0, None)
+            for r in batch
+        ]
+        rest = [r.prompt_ids[h:] for r, (h, _) in zip(batch, hits, strict=True)]
+        width = max(len(ids) for ids in rest)
+        pads = [width - len(ids) for ids in rest]
+        ids = torch.tensor([[self._pad_id] * p + r for p, r in zip(pads, rest, strict=True)])
         mask = torch.tensor([[0] * p + [1] * (width - p) for p in pads])
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = None
+        if any(h for h, _ in hits):
+            cache, reused_mask = batch_cache(hits)
+            mask = torch.cat([reused_mask, mask], -1)
+            positions = positions + torch.tensor([[h] for h, _ in hits])
         adapters = [r.adapter for r in batch]
         with self._lock:
-            logits, cache = self._forward(ids, mask, positions, None, adapters)
+            logits, cache = self._forward(ids, mask, positions, cache, adapters)
         rows = _Rows(list(batch), cache, mask, positions[:, -1:])
         self._advance(rows, logits)
         return rows
@@ -254,6 +269,8 @@ class BatchScheduler:
             request.generated.append(token)
             reason = self._finished(request, token)
             if reason is not None:
+                if request.keep and self.prefixes is not None:
+                    self._keep(rows, i)
                 request.future.set_result((request.generated, reason))
             elif request.abandoned:
                 request.future.set_exception(CancelledRequest())
@@ -264,6 +281,15 @@ class BatchScheduler:
         # The sampled tokens are the next step's input, one position further on.
         rows.mask = torch.cat([rows.mask, torch.ones(len(keep), 1, dtype=rows.mask.dtype)], -1)
         rows.positions = rows.positions + 1
+
+    def _keep(self, rows: _Rows, row: int) -> None:
+        """Store a finished row's keys and values: every token it fed (the last sampled
+        token, or the EOS, never went through the model)."""
+        assert self.prefixes is not None
+        request = rows.requests[row]
+        columns = rows.mask[row].nonzero().squeeze(-1)
+        fed = (request.prompt_ids + request.generated)[: len(columns)]
+        self.prefixes.store(request.adapter, fed, row_layers(rows.cache, row, columns))
 
     @staticmethod
     def _sample(active: list[Request], logits: torch.Tensor) -> list[int]:

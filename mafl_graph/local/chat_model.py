@@ -17,6 +17,7 @@ from pydantic import PrivateAttr, field_validator
 
 from mafl_graph.local.engine import Generation, LocalEngine, load_local_model
 from mafl_graph.local.loading import SMOLLM2_ALIAS, check_dtype
+from mafl_graph.models import CONTINUED_KEY
 
 _ROLES = {"system": "system", "human": "user", "ai": "assistant"}
 _CALL_OPTIONS = ("temperature", "top_p", "max_new_tokens", "seed")
@@ -113,7 +114,8 @@ class LocalChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        result = self.engine.generate(to_chatml(messages), **self._options(stop, kwargs))
+        options = self._options(stop, kwargs, run_manager)
+        result = self.engine.generate(to_chatml(messages), **options)
         return _chat_result(result, self.model_path)
 
     async def _agenerate(
@@ -129,10 +131,16 @@ class LocalChatModel(BaseChatModel):
         # refuse blocking calls on their event loop (`langgraph dev` raises BlockingError).
         if self._engine is None:
             await asyncio.to_thread(lambda: self.engine)
-        result = await self.engine.agenerate(to_chatml(messages), **self._options(stop, kwargs))
+        options = self._options(stop, kwargs, run_manager)
+        result = await self.engine.agenerate(to_chatml(messages), **options)
         return _chat_result(result, self.model_path)
 
-    def _options(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def _options(
+        self,
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
+    ) -> dict[str, Any]:
         unknown = set(kwargs) - set(_CALL_OPTIONS)
         if unknown:
             raise TypeError(
@@ -140,7 +148,9 @@ class LocalChatModel(BaseChatModel):
                 f"it accepts {', '.join(_CALL_OPTIONS)} and stop."
             )
         options = {name: kwargs.get(name, getattr(self, name)) for name in _CALL_OPTIONS}
-        return {**options, "stop": stop, "adapter": self.adapter}
+        metadata = run_manager.metadata if run_manager is not None else {}
+        keep = bool(metadata.get(CONTINUED_KEY, False))
+        return {**options, "stop": stop, "adapter": self.adapter, "keep": keep}
 
 
 def _chat_result(result: Generation, model_name: str) -> ChatResult:

@@ -99,9 +99,35 @@ class GrowingLayer(DynamicLayer):
         return self._n
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        """Keep rows ``indices``; the buffer keeps its spare columns."""
+        """Keep rows ``indices``; the buffer keeps its spare columns, not the dropped ones."""
         if self._k is not None and self._v is not None:
-            self._k, self._v = self._k[indices], self._v[indices]
+            # Slice before indexing: the copy then skips the columns drop_left forgot.
+            self._k = self._k[:, :, self._k_start :][indices]
+            self._v = self._v[:, :, self._v_start :][indices]
+            self._k_start = self._v_start = 0
+
+    def stack(self, other: GrowingLayer, width: int) -> None:
+        """Append ``other``'s rows below these, both right-aligned in ``width`` columns.
+
+        One copy into a buffer with spare columns: padding and concatenating the views would
+        copy the batch twice, and the next decoded token would find no room and copy it again.
+        """
+        mine, theirs = (self.keys, self.values), (other.keys, other.values)
+        assert None not in mine and None not in theirs
+        rows = mine[0].shape[0]  # type: ignore[union-attr]
+        stacked = []
+        for a, b in zip(mine, theirs, strict=True):
+            assert a is not None and b is not None
+            heads, dim = a.shape[1], a.shape[3]
+            buffer = a.new_empty(rows + b.shape[0], heads, width + GROW_TOKENS, dim)
+            for part, source in ((buffer[:rows], a), (buffer[rows:], b)):
+                pad = width - source.shape[-2]
+                part[:, :, :pad] = 0  # masked, but must be finite: 0 x NaN is NaN
+                part[:, :, pad:width] = source
+            stacked.append(buffer)
+        self._k, self._v = stacked
+        self._k_start = self._v_start = 0
+        self._n = width
 
     def drop_left(self, columns: int) -> None:
         """Forget the ``columns`` oldest columns (no row attends to them any more)."""
