@@ -112,20 +112,10 @@ class GrowingLayer(DynamicLayer):
         One copy into a buffer with spare columns: padding and concatenating the views would
         copy the batch twice, and the next decoded token would find no room and copy it again.
         """
-        mine, theirs = (self.keys, self.values), (other.keys, other.values)
-        assert None not in mine and None not in theirs
-        rows = mine[0].shape[0]  # type: ignore[union-attr]
-        stacked = []
-        for a, b in zip(mine, theirs, strict=True):
-            assert a is not None and b is not None
-            heads, dim = a.shape[1], a.shape[3]
-            buffer = a.new_empty(rows + b.shape[0], heads, width + GROW_TOKENS, dim)
-            for part, source in ((buffer[:rows], a), (buffer[rows:], b)):
-                pad = width - source.shape[-2]
-                part[:, :, :pad] = 0  # masked, but must be finite: 0 x NaN is NaN
-                part[:, :, pad:width] = source
-            stacked.append(buffer)
-        self._k, self._v = stacked
+        assert self.keys is not None and self.values is not None
+        assert other.keys is not None and other.values is not None
+        self._k = _stacked(self.keys, other.keys, width)
+        self._v = _stacked(self.values, other.values, width)
         self._k_start = self._v_start = 0
         self._n = width
 
@@ -135,6 +125,17 @@ class GrowingLayer(DynamicLayer):
         self._k_start += columns
         self._v_start += columns
         self._n -= columns
+
+
+def _stacked(top: torch.Tensor, bottom: torch.Tensor, width: int) -> torch.Tensor:
+    """``top``'s rows over ``bottom``'s, right-aligned in ``width`` of ``width + GROW_TOKENS``."""
+    batch, heads, _, dim = top.shape
+    buffer = top.new_empty(batch + bottom.shape[0], heads, width + GROW_TOKENS, dim)
+    for part, source in ((buffer[:batch], top), (buffer[batch:], bottom)):
+        pad = width - source.shape[-2]
+        part[:, :, :pad] = 0  # masked, but must be finite: 0 x NaN is NaN
+        part[:, :, pad:width] = source
+    return buffer
 
 
 class GrowingCache(DynamicCache):

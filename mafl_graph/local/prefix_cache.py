@@ -80,7 +80,7 @@ class PrefixCache:
         if len(ids) > self.max_tokens:
             return
         for key in [k for k, e in self._entries.items() if k[0] == adapter]:
-            if _common_prefix(self._entries[key].ids, ids, len(ids)) == len(self._entries[key].ids):
+            if ids[: len(self._entries[key].ids)] == self._entries[key].ids:
                 self._drop(key)
         self._entries[(adapter, self._next_key)] = _Entry(list(ids), layers)
         self._next_key += 1
