@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -122,3 +123,20 @@ def test_a_run_hides_loaded_objects_from_the_collector_only_while_it_runs(tmp_pa
         assert 0.9 * kept < gc.get_freeze_count() <= kept
     finally:
         gc.unfreeze()
+
+
+def test_a_debate_killed_right_after_its_input_was_saved_resumes(tmp_path: Path) -> None:
+    """The first checkpoint holds only the input: no question yet, and no mismatch either."""
+    model = ScriptedModel(reply=lambda m: "\\boxed{1}")
+    task = EchoTask(["1"])
+    graph = create_debate_graph(Society.from_model(model), task)
+    db = tmp_path / "k.sqlite"
+    first = run_debates(graph, task.load("test"), run_id="k", db_path=db, progress=False)
+    conn = sqlite3.connect(db)  # what a kill after the first write leaves
+    conn.execute("DELETE FROM checkpoints WHERE rowid > (SELECT min(rowid) FROM checkpoints)")
+    conn.execute("DELETE FROM writes")
+    conn.commit()
+    conn.close()
+    again = run_debates(graph, task.load("test"), run_id="k", db_path=db, progress=False)
+    assert again == first
+    assert len(model.calls) == 2 * CALLS_PER_PROBLEM

@@ -221,7 +221,9 @@ async def _debate(
     }
     snapshot = await graph.aget_state(config)
     saved = snapshot.values
-    if saved and saved.get("question") != problem.question:
+    # A process killed right after saving the input leaves a state without the question (only
+    # the reducers' empty lists): that debate has not started, and resumes below.
+    if "question" in saved and saved["question"] != problem.question:
         raise ValueError(
             f"Run {run_id!r} already holds a different question under problem id "
             f"{problem.id!r}; use a new run_id (or run directory) for a different problem set."
