@@ -16,12 +16,7 @@ VOCAB, EOS = 12, 11
 
 
 class ToyCache:
-    def __init__(self) -> None:
-        self.selected: list[list[int]] = []
-        self.layers: list = []
-
-    def batch_select_indices(self, index: torch.Tensor) -> None:
-        self.selected.append(index.tolist())
+    layers: list = []
 
 
 SHIFT = {"__base__": 1, "slow": 0}

@@ -7,6 +7,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from mafl_graph.local.batching import compaction
 from mafl_graph.local.growing_cache import GROW_TOKENS, GrowingCache, GrowingLayer
 
 
@@ -48,6 +49,60 @@ def test_appends_selects_drops_and_merges_like_dynamic_layer() -> None:
     k, v = kv(4, 1)
     layer.update(k, v)
     reference.update(k, v)
+    assert same(layer, reference)
+
+
+def restack(reference: DynamicLayer, joining: DynamicLayer, width: int) -> None:
+    """The reference's way to join rows: left-pad both row sets to ``width`` and concatenate."""
+
+    def padded(tensor: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(tensor, (0, 0, width - tensor.shape[-2], 0))
+
+    reference.keys = torch.cat([padded(reference.keys), padded(joining.keys)])
+    reference.values = torch.cat([padded(reference.values), padded(joining.values)])
+
+
+def test_rows_leave_and_join_in_place_like_a_restacked_layer() -> None:
+    """What the scheduler does as rows finish and join, against re-indexing and concatenating."""
+    torch.manual_seed(0)
+    layer, reference = GrowingLayer(), DynamicLayer()
+    for tokens in (20, 1, 1):
+        k, v = kv(5, tokens)
+        layer.update(k, v)
+        reference.update(k, v)
+    order, holes, movers = compaction([0, 2, 4], 5)
+    assert (order, holes, movers) == ([0, 4, 2], [1], [4])  # one row moved, two stay put
+    layer.move_rows(holes, movers, len(order))
+    reference.batch_select_indices(torch.tensor(order))
+    assert same(layer, reference)
+
+    # Wider rows join: the buffer grows (and gets spare rows and columns on both sides).
+    wider = GrowingLayer()
+    wider.update(*kv(2, 30))
+    layer.append_rows(wider, 30, capacity=8)
+    restack(reference, wider, 30)
+    assert same(layer, reference)
+    buffer = layer._k
+
+    # Rows leave, the history no row uses is dropped, narrower and wider rows join: all in the
+    # same buffer (no copy of the rows that stay).
+    order, holes, movers = compaction([1, 2, 3, 4], 5)
+    layer.move_rows(holes, movers, len(order))
+    reference.batch_select_indices(torch.tensor(order))
+    layer.drop_left(5)
+    reference.keys, reference.values = reference.keys[:, :, 5:], reference.values[:, :, 5:]
+    assert same(layer, reference)
+    for tokens, width in ((10, 25), (27, 27)):
+        joining = GrowingLayer()
+        joining.update(*kv(1, tokens))
+        layer.append_rows(joining, width, capacity=8)
+        restack(reference, joining, width)
+        assert same(layer, reference)
+    assert layer._k is buffer
+    for _ in range(GROW_TOKENS + 3):  # decoding goes on, past a regrowth
+        k, v = kv(6, 1)
+        layer.update(k, v)
+        reference.update(k, v)
     assert same(layer, reference)
 
 

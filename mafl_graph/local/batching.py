@@ -73,16 +73,18 @@ class _Rows:
     def select(self, keep: list[int]) -> None:
         """Keep only the rows ``keep``, and drop the history columns none of them uses.
 
-        Without the trim a batch that never empties (rows keep joining as others finish)
-        would carry the longest history it ever held: every decode step would attend over,
-        and the cache would copy, ever more padding.
+        The last rows move into the places of the rows that left (see ``compaction``), so the
+        rows' order changes. Without the trim a batch that never empties (rows keep joining
+        as others finish) would carry the longest history it ever held: every decode step would
+        attend over, and the cache would copy, ever more padding.
         """
         import torch
 
-        index = torch.tensor(keep, dtype=torch.long)
-        if keep:
-            self.cache.batch_select_indices(index)
-        self.requests = [self.requests[i] for i in keep]
+        order, holes, movers = compaction(keep, len(self.requests))
+        for layer in self.cache.layers:  # GrowingLayer: batch, heads, tokens, dim
+            layer.move_rows(holes, movers, len(order))
+        index = torch.tensor(order, dtype=torch.long)
+        self.requests = [self.requests[i] for i in order]
         self.mask, self.positions = self.mask[index], self.positions[index]
         if not keep:
             return
@@ -90,11 +92,15 @@ class _Rows:
         unused = int(self.mask.any(0).to(torch.int8).argmax())
         if unused:
             self.mask = self.mask[:, unused:]
-            for layer in self.cache.layers:  # GrowingLayer: batch, heads, tokens, dim
+            for layer in self.cache.layers:
                 layer.drop_left(unused)
 
-    def merge(self, other: _Rows) -> _Rows:
-        """Both row sets in one batch: the shorter history is left-padded (and masked)."""
+    def merge(self, other: _Rows, capacity: int) -> _Rows:
+        """Both row sets in one batch: the shorter history is left-padded (and masked).
+
+        ``other``'s rows are written below these in the same buffers, which make room for
+        ``capacity`` rows when they have to grow.
+        """
         import torch
 
         if not other.requests:
@@ -104,7 +110,7 @@ class _Rows:
         width = max(self.mask.shape[1], other.mask.shape[1])
         # The mask has one column more than the cache: the token the next step feeds.
         for layer, joining in zip(self.cache.layers, other.cache.layers, strict=True):
-            layer.stack(joining, width - 1)  # GrowingLayer
+            layer.append_rows(joining, width - 1, capacity)  # GrowingLayer
         masks = [
             torch.nn.functional.pad(rows.mask, (width - rows.mask.shape[1], 0))
             for rows in (self, other)
@@ -115,6 +121,22 @@ class _Rows:
             torch.cat(masks),
             torch.cat([self.positions, other.positions]),
         )
+
+
+def compaction(keep: list[int], rows: int) -> tuple[list[int], list[int], list[int]]:
+    """How ``rows`` rows shrink to the rows ``keep`` by moving as few as possible.
+
+    The kept rows among the last ones move into the places that rows which left free among the
+    first ``len(keep)``; the rest stay where they are. Returns ``order`` (the old row of each
+    new row), ``holes`` (the places filled) and ``movers`` (the rows moved there).
+    """
+    kept = set(keep)
+    order = list(range(len(keep)))
+    holes = [i for i in order if i not in kept]
+    movers = [i for i in keep if i >= len(keep)]
+    for hole, mover in zip(holes, movers, strict=True):
+        order[hole] = mover
+    return order, holes, movers
 
 
 class CancelledRequest(Exception):
@@ -215,7 +237,7 @@ class BatchScheduler:
                     joining = self._take(self.max_batch_size - len(rows.requests), wait=False)
                     if joining:
                         self.joined += len(joining)
-                        rows = rows.merge(self._prefill(joining))
+                        rows = rows.merge(self._prefill(joining), self.max_batch_size)
                 self.decode_steps += 1
                 self.decode_rows += len(rows.requests)
                 with self._lock:
