@@ -5,9 +5,9 @@ the batch sizes a debate decodes (50+ rows, a few hundred tokens of history) eve
 the whole cache of all 30 layers once more. Here each layer keeps spare columns on the right
 and writes the new token into them, and spare rows below for rows that join; the rows that stay
 are copied only when the spare columns run out (every ``GROW_TOKENS`` steps) or the spare rows
-do. The attention reads a view of the filled columns, so the logits are bit-identical to ``DynamicLayer``'s
-(``benchmarks/kv_cache.py`` measures a decode step; tests/test_growing_cache.py checks the
-equality).
+do. The attention reads a view of the filled columns, so the logits are bit-identical to
+``DynamicLayer``'s (``benchmarks/kv_cache.py`` measures a decode step;
+tests/test_growing_cache.py checks the equality).
 
 transformers has no such dynamic layer (``StaticLayer`` preallocates a fixed maximum length
 for every row, which a batch whose rows come and go cannot use), hence this subclass.
