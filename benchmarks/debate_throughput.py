@@ -117,7 +117,9 @@ def main() -> None:
         f"debate: {args.problems} problems x 3 agents x 2 rounds + summaries = {len(prompts)} "
         f"calls, {args.max_tokens} new tokens at most; mean batch "
         f"{mean_batch:.1f} rows per decode step, {scheduler.joined} joined a running batch; "
-        f"{hits} prompts reused kept keys and values, {reused} prompt tokens not run again\n"
+        f"{hits} prompts reused kept keys and values, {reused} prompt tokens not run again; "
+        f"{scheduler.shared_prompts} prompts started from an earlier prompt of their batch, "
+        f"{scheduler.shared_tokens} more prompt tokens not run\n"
     )
     print("| path | requests | tokens | seconds | tokens/s | graph ÷ path |")
     print("|---|---|---|---|---|---|")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -166,6 +168,38 @@ def chat(text: str) -> list[dict[str, str]]:
 async def together(engine, prompts: list[str], **options) -> list[str]:
     results = await asyncio.gather(*(engine.agenerate(chat(p), **options) for p in prompts))
     return [r.text for r in results]
+
+
+def test_stop_ends_the_thread_after_its_step_and_fails_what_is_left() -> None:
+    scheduler = toy_scheduler()
+    running = scheduler.submit(request(1, 1000, adapter="slow"))
+    time.sleep(0.05)
+    scheduler.stop()
+    assert not scheduler._thread.is_alive()
+    with pytest.raises(CancelledRequest):
+        running.result(1)
+    assert scheduler.submit(request(1, 2)).result(5) == ([2, 3], "length")  # starts anew
+
+
+EXIT_RIGHT_AFTER_A_BATCH = """
+import asyncio
+from mafl_graph.local import load_local_model
+engine = load_local_model()
+question = [{"role": "user", "content": "What is 12 + 30?"}]
+async def main():
+    return await asyncio.gather(*(engine.agenerate(question, max_new_tokens=16, seed=s)
+                                  for s in range(4)))
+print(len(asyncio.run(main())))
+"""
+
+
+@pytest.mark.integration
+def test_a_process_that_exits_right_after_its_last_reply_exits_cleanly(engine) -> None:
+    """The scheduler's daemon thread must not be inside a torch operation at exit (abort)."""
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_RIGHT_AFTER_A_BATCH], capture_output=True, text=True
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "4"), done.stderr[-2000:]
 
 
 @pytest.mark.integration

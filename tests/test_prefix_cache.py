@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import pytest
 import torch
 
 from mafl_graph.local import LocalChatModel
+from mafl_graph.local.batching import Request, _followers
 from mafl_graph.local.prefix_cache import MIN_REUSE_TOKENS, PrefixCache
 from mafl_graph.models import CONTINUED_KEY
 
@@ -101,3 +103,46 @@ def test_only_calls_marked_as_continued_are_kept(engine) -> None:
     assert kept.tokens == 0
     model.invoke("Say hey.", config={"metadata": {CONTINUED_KEY: True}})
     assert kept.tokens > 0
+
+
+def test_a_prompt_follows_the_earlier_prompt_of_its_batch_that_shares_most_with_it() -> None:
+    def request(ids: list[int], adapter: str = "__base__") -> Request:
+        return Request(ids, 8, 0.0, 1.0, None, [], adapter=adapter)
+
+    question, other = list(range(40)), [99] * 40
+    batch = [
+        request(question),
+        request(question),  # the same question: all but its last token shared
+        request(question, adapter="tuned"),  # another adapter's keys and values differ
+        request(question[:30] + [7] * 10),  # shares 30 tokens with the first
+        request(other),
+        request(question[:30] + [7] * 10 + [8]),  # shares 40 with the fourth: no follower leads
+    ]
+    nothing = [(0, None)] * len(batch)
+    assert _followers(batch, nothing) == {1: (0, 39), 3: (0, 30), 5: (0, 30)}
+    # a prefix the cache already gives (25 tokens) leaves too little to gain: the fourth
+    # prompt leads, and the last one follows it
+    hits = list(nothing)
+    hits[3] = (25, None)
+    assert _followers(batch, hits) == {1: (0, 39), 5: (3, 40)}
+    assert _followers([batch[0], batch[4]], nothing) == {}
+
+
+def test_prompts_alike_in_one_batch_run_their_shared_part_once_and_answer_the_same(
+    engine,
+) -> None:
+    engine.scheduler.prefixes.clear()
+    question = [{"role": "user", "content": "What is 12 + 30? Explain briefly."}]
+    prompts = [question, question, [{"role": "user", "content": "Name a colour."}], question]
+    greedy = {"max_new_tokens": 24, "temperature": 0.0}
+    alone = [engine.generate(p, **greedy).text for p in prompts]
+    shared, batches = engine.scheduler.shared_prompts, len(engine.scheduler.batch_sizes)
+
+    async def together() -> list[str]:
+        replies = await asyncio.gather(*(engine.agenerate(p, **greedy) for p in prompts))
+        return [r.text for r in replies]
+
+    assert asyncio.run(together()) == alone
+    assert engine.scheduler.batch_sizes[batches:] == [4]
+    # the colour prompt follows too: every prompt starts with the chat template's system turn
+    assert engine.scheduler.shared_prompts == shared + 3

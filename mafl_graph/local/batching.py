@@ -15,6 +15,7 @@ the whole batch, and returns only when its longest sequence is done.
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 from collections.abc import Callable
@@ -22,7 +23,14 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mafl_graph.local.prefix_cache import PrefixCache, batch_cache, row_layers
+from mafl_graph.local.prefix_cache import (
+    MIN_REUSE_TOKENS,
+    Entry,
+    PrefixCache,
+    batch_cache,
+    common_prefix,
+    row_layers,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -139,6 +147,30 @@ def compaction(keep: list[int], rows: int) -> tuple[list[int], list[int], list[i
     return order, holes, movers
 
 
+def _followers(
+    batch: list[Request], hits: list[tuple[int, Entry | None]]
+) -> dict[int, tuple[int, int]]:
+    """The requests better served by an earlier prompt of the batch than by the prefix cache.
+
+    Maps each such request to ``(leader, shared tokens)``: the earlier request (itself no
+    follower) whose prompt shares the longest beginning with it, at least ``MIN_REUSE_TOKENS``
+    more than the cache gives, and always leaving the prompt's last token to run.
+    """
+    followers: dict[int, tuple[int, int]] = {}
+    for i, request in enumerate(batch):
+        best, leader = hits[i][0] + MIN_REUSE_TOKENS - 1, None
+        for j in range(i):
+            if j in followers or batch[j].adapter != request.adapter:
+                continue
+            limit = len(request.prompt_ids) - 1
+            shared = common_prefix(batch[j].prompt_ids, request.prompt_ids, limit)
+            if shared > best:
+                best, leader = shared, j
+        if leader is not None:
+            followers[i] = (leader, best)
+    return followers
+
+
 class CancelledRequest(Exception):
     """The waiter abandoned this request before it finished."""
 
@@ -175,15 +207,19 @@ class BatchScheduler:
         self.max_batch_size = max_batch_size
         self.gather_seconds = gather_seconds
         self.prefixes = prefixes
-        self._queue: queue.SimpleQueue[Request] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._stopping = False
+        self._stop_at_exit = False
         # For benchmarks: the size of each group taken from the queue, and how many requests
         # joined a batch that was already decoding.
         self.batch_sizes: list[int] = []
         self.joined = 0
         self.decode_steps = 0
         self.decode_rows = 0  # rows summed over decode steps: / decode_steps = mean batch
+        self.shared_prompts = 0  # prompts that started from an earlier prompt of their batch
+        self.shared_tokens = 0  # and the prompt tokens they skipped beyond the prefix cache's
 
     def submit(self, request: Request) -> Future[tuple[list[int], str]]:
         """Queue ``request``; set ``request.abandoned`` to drop it from its batch."""
@@ -194,11 +230,29 @@ class BatchScheduler:
     def _ensure_thread(self) -> None:
         with self._start_lock:
             if self._thread is None or not self._thread.is_alive():
+                self._stopping = False
                 self._thread = threading.Thread(target=self._loop, name="mafl-batcher", daemon=True)
                 self._thread.start()
+                if not self._stop_at_exit:
+                    atexit.register(self.stop)
+                    self._stop_at_exit = True
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Let the scheduler's thread finish its current step and end; requests left fail.
+
+        Runs at interpreter exit: Python ends daemon threads abruptly there, and one caught
+        inside a torch operation aborts the whole process (exit code 134, "terminate called
+        without an active exception") after work that had succeeded.
+        """
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return
+        self._stopping = True
+        self._queue.put(None)  # wakes a thread that waits for work
+        thread.join(timeout)
 
     def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             batch = self._take(self.max_batch_size, wait=True)
             if not batch:
                 continue
@@ -211,7 +265,7 @@ class BatchScheduler:
 
     def _take(self, room: int, *, wait: bool) -> list[Request]:
         """Up to ``room`` queued requests; with ``wait``, block for the first one."""
-        batch: list[Request] = []
+        batch: list[Request | None] = []  # None: stop() woke the thread
         if wait:
             batch.append(self._queue.get())
         # Requests of one graph step arrive a few milliseconds apart (each is tokenized
@@ -221,10 +275,14 @@ class BatchScheduler:
                 batch.append(self._queue.get(timeout=self.gather_seconds if batch else 0))
             except queue.Empty:
                 break
-        batch = [r for r in batch if not r.abandoned and r.future.set_running_or_notify_cancel()]
-        if batch:
-            self.batch_sizes.append(len(batch))
-        return batch
+        taken = [
+            r
+            for r in batch
+            if r is not None and not r.abandoned and r.future.set_running_or_notify_cancel()
+        ]
+        if taken:
+            self.batch_sizes.append(len(taken))
+        return taken
 
     def _run(self, batch: list[Request]) -> None:
         """Decode ``batch`` to the end, admitting newly queued requests between steps."""
@@ -232,7 +290,7 @@ class BatchScheduler:
 
         with torch.inference_mode():
             rows = self._prefill(batch)
-            while rows.requests:
+            while rows.requests and not self._stopping:
                 if len(rows.requests) < self.max_batch_size:
                     joining = self._take(self.max_batch_size - len(rows.requests), wait=False)
                     if joining:
@@ -245,24 +303,58 @@ class BatchScheduler:
                         rows.next_ids, rows.mask, rows.positions, rows.cache, rows.adapters
                     )
                 self._advance(rows, logits)
+        for request in rows.requests:  # stopped
+            request.future.set_exception(CancelledRequest())
 
     def _prefill(self, batch: list[Request]) -> _Rows:
         """Run the prompts of ``batch`` (left-padded) and sample each row's first token.
 
         A prompt that continues a kept sequence starts from its keys and values and runs only
-        its remaining tokens (see ``prefix_cache``).
+        its remaining tokens (see ``prefix_cache``). A prompt that shares a longer beginning
+        with an earlier prompt of the batch (the agents of a debate are asked the same
+        question; the summaries of one problem start alike) waits for that prompt's forward
+        pass and then runs only what differs: a second, shorter pass instead of the same
+        tokens computed again.
         """
         import torch
 
         for request in batch:
             if request.seed is not None and request.temperature > 0:
                 request.generator = torch.Generator().manual_seed(request.seed)
-        hits = [
-            self.prefixes.lookup(r.adapter, r.prompt_ids)
-            if self.prefixes is not None
-            else (0, None)
-            for r in batch
-        ]
+        if self.prefixes is None:
+            rows, logits = self._run_prompts(batch, [(0, None)] * len(batch))
+            self._advance(rows, logits)
+            return rows
+        hits = [self.prefixes.lookup(r.adapter, r.prompt_ids) for r in batch]
+        followers = _followers(batch, hits)
+        first = [i for i in range(len(batch)) if i not in followers]
+        rows, logits = self._run_prompts([batch[i] for i in first], [hits[i] for i in first])
+        if not followers:
+            self._advance(rows, logits)
+            return rows
+        row_of = {i: row for row, i in enumerate(first)}
+        entries = {
+            leader: Entry(batch[leader].prompt_ids, row_layers(rows.cache, row_of[leader], columns))
+            for leader in {leader for leader, _ in followers.values()}
+            for columns in [rows.mask[row_of[leader]].nonzero().squeeze(-1)]
+        }
+        self.shared_prompts += len(followers)
+        self.shared_tokens += sum(shared - hits[i][0] for i, (_, shared) in followers.items())
+        second = list(followers)
+        late, late_logits = self._run_prompts(
+            [batch[i] for i in second],
+            [(followers[i][1], entries[followers[i][0]]) for i in second],
+        )
+        self._advance(rows, logits)
+        self._advance(late, late_logits)
+        return rows.merge(late, self.max_batch_size)
+
+    def _run_prompts(
+        self, batch: list[Request], hits: list[tuple[int, Entry | None]]
+    ) -> tuple[_Rows, torch.Tensor]:
+        """One forward pass over the prompts, each after its reused prefix (``hits``)."""
+        import torch
+
         rest = [r.prompt_ids[h:] for r, (h, _) in zip(batch, hits, strict=True)]
         width = max(len(ids) for ids in rest)
         pads = [width - len(ids) for ids in rest]
@@ -277,9 +369,7 @@ class BatchScheduler:
         adapters = [r.adapter for r in batch]
         with self._lock:
             logits, cache = self._forward(ids, mask, positions, cache, adapters)
-        rows = _Rows(list(batch), cache, mask, positions[:, -1:])
-        self._advance(rows, logits)
-        return rows
+        return _Rows(list(batch), cache, mask, positions[:, -1:]), logits
 
     def _advance(self, rows: _Rows, logits: torch.Tensor) -> None:
         """Sample one token per row, resolve the rows that ended and drop them."""

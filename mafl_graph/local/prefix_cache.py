@@ -29,7 +29,7 @@ tokens: any kept entry gives every other prompt those.)"""
 
 
 @dataclass
-class _Entry:
+class Entry:
     ids: list[int]
     layers: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [heads, T, dim]
 
@@ -41,7 +41,7 @@ class PrefixCache:
         if max_tokens < 0:
             raise ValueError(f"max_tokens must be at least 0; got {max_tokens}")
         self.max_tokens = max_tokens
-        self._entries: OrderedDict[tuple[str, int], _Entry] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, int], Entry] = OrderedDict()
         self._tokens = 0
         self._next_key = 0
         self.hits = 0  # for benchmarks: prompts that reused an entry, and the tokens they skipped
@@ -55,7 +55,7 @@ class PrefixCache:
         self._entries.clear()
         self._tokens = 0
 
-    def lookup(self, adapter: str, prompt: list[int]) -> tuple[int, _Entry | None]:
+    def lookup(self, adapter: str, prompt: list[int]) -> tuple[int, Entry | None]:
         """The longest stored prefix of ``prompt`` for ``adapter``: its length and entry.
 
         At least the prompt's last token is left to prefill (its logits start the reply).
@@ -63,7 +63,7 @@ class PrefixCache:
         best, found_key = 0, None
         for key, entry in self._entries.items():
             if key[0] == adapter:
-                shared = _common_prefix(entry.ids, prompt, len(prompt) - 1)
+                shared = common_prefix(entry.ids, prompt, len(prompt) - 1)
                 if shared > best:
                     best, found_key = shared, key
         if found_key is None or best < MIN_REUSE_TOKENS:
@@ -82,7 +82,7 @@ class PrefixCache:
         for key in [k for k, e in self._entries.items() if k[0] == adapter]:
             if ids[: len(self._entries[key].ids)] == self._entries[key].ids:
                 self._drop(key)
-        self._entries[(adapter, self._next_key)] = _Entry(list(ids), layers)
+        self._entries[(adapter, self._next_key)] = Entry(list(ids), layers)
         self._next_key += 1
         self._tokens += len(ids)
         while self._tokens > self.max_tokens:
@@ -92,7 +92,7 @@ class PrefixCache:
         self._tokens -= len(self._entries.pop(key).ids)
 
 
-def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
+def common_prefix(a: list[int], b: list[int], limit: int) -> int:
     """How many leading tokens ``a`` and ``b`` share, at most ``limit``.
 
     Bisection over slice equality: each comparison runs in C, a few per entry and prompt.
@@ -109,7 +109,7 @@ def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
     return low
 
 
-def batch_cache(hits: list[tuple[int, _Entry | None]]) -> tuple[Any, torch.Tensor]:
+def batch_cache(hits: list[tuple[int, Entry | None]]) -> tuple[Any, torch.Tensor]:
     """A batch's KV cache holding each row's reused prefix, right-aligned, and its mask.
 
     Rows are left-padded up to the longest reused prefix; the prompt's remaining tokens follow
