@@ -6,7 +6,10 @@ A fake chat model answers every call after a fixed latency, serving at most C ca
 ratio is measured wall time over that ideal, for each C, in one run (the median of
 ``--repeats`` runs, with their range: on a shared 2-core VM single runs vary by ±10%). The same
 run with zero latency shows the floor: the graph's, LangChain's and SQLite's own CPU time for
-these calls, which no amount of concurrency hides.
+these calls, which no amount of concurrency hides. Beside it, the same schedule in plain
+asyncio (C debates in flight, each round's calls gathered, no graph, no checkpoints): what the
+round barriers alone cost against the ideal, since a debate's calls of round 2 cannot start
+before its round 1 ends and the last debates leave slots idle.
 
     python benchmarks/orchestration_overhead.py [--problems 100] [--latency 0.05]
 """
@@ -72,6 +75,24 @@ async def measure(problems: int, latency: float, slots: int) -> tuple[int, float
         return model._calls, time.perf_counter() - start
 
 
+async def plain_schedule(problems: int, latency: float, slots: int) -> float:
+    """Wall seconds of the same calls, limits and round barriers with no graph at all."""
+    calls, debates = asyncio.Semaphore(slots), asyncio.Semaphore(slots)
+
+    async def call() -> None:
+        async with calls:
+            await asyncio.sleep(latency)
+
+    async def debate() -> None:
+        async with debates:
+            for _ in range(2):  # rounds
+                await asyncio.gather(*(call() for _ in range(3)))  # agents
+
+    start = time.perf_counter()
+    await asyncio.gather(*(debate() for _ in range(problems)))
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--problems", type=int, default=100)
@@ -88,8 +109,11 @@ def main() -> None:
     print(
         f"floor (zero latency): {floor:.2f} s, {1000 * floor / (6 * args.problems):.2f} ms a call\n"
     )
-    print("| concurrent calls | calls | ideal s | measured s | measured ÷ ideal (range) |")
-    print("|---|---|---|---|---|")
+    print(
+        "| concurrent calls | calls | ideal s | measured s | measured ÷ ideal (range) "
+        "| plain asyncio ÷ ideal |"
+    )
+    print("|---|---|---|---|---|---|")
     for slots in args.slots:
         runs = [
             asyncio.run(measure(args.problems, args.latency, slots)) for _ in range(args.repeats)
@@ -98,9 +122,10 @@ def main() -> None:
         seconds = statistics.median(s for _, s in runs)
         ideal = calls * args.latency / slots
         low, high = min(s for _, s in runs) / ideal, max(s for _, s in runs) / ideal
+        plain = asyncio.run(plain_schedule(args.problems, args.latency, slots))
         print(
             f"| {slots} | {calls} | {ideal:.2f} | {seconds:.2f} | "
-            f"{seconds / ideal:.2f}x ({low:.2f}-{high:.2f}) |"
+            f"{seconds / ideal:.2f}x ({low:.2f}-{high:.2f}) | {plain / ideal:.2f}x |"
         )
 
 

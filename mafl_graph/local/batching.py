@@ -321,29 +321,29 @@ class BatchScheduler:
         for request in batch:
             if request.seed is not None and request.temperature > 0:
                 request.generator = torch.Generator().manual_seed(request.seed)
-        if self.prefixes is None:
-            rows, logits = self._run_prompts(batch, [(0, None)] * len(batch))
-            self._advance(rows, logits)
-            return rows
-        hits = [self.prefixes.lookup(r.adapter, r.prompt_ids) for r in batch]
-        followers = _followers(batch, hits)
+        hits = [
+            self.prefixes.lookup(r.adapter, r.prompt_ids)
+            if self.prefixes is not None
+            else (0, None)
+            for r in batch
+        ]
+        # Keys and values are handed on as prefix-cache entries: GrowingCaches only.
+        followers = _followers(batch, hits) if self.prefixes is not None else {}
         first = [i for i in range(len(batch)) if i not in followers]
         rows, logits = self._run_prompts([batch[i] for i in first], [hits[i] for i in first])
         if not followers:
             self._advance(rows, logits)
             return rows
-        row_of = {i: row for row, i in enumerate(first)}
-        entries = {
-            leader: Entry(batch[leader].prompt_ids, row_layers(rows.cache, row_of[leader], columns))
-            for leader in {leader for leader, _ in followers.values()}
-            for columns in [rows.mask[row_of[leader]].nonzero().squeeze(-1)]
-        }
+        entries = {}
+        for leader in {leader for leader, _ in followers.values()}:
+            row = first.index(leader)
+            columns = rows.mask[row].nonzero().squeeze(-1)  # its prompt's tokens, in order
+            entries[leader] = Entry(batch[leader].prompt_ids, row_layers(rows.cache, row, columns))
         self.shared_prompts += len(followers)
         self.shared_tokens += sum(shared - hits[i][0] for i, (_, shared) in followers.items())
-        second = list(followers)
         late, late_logits = self._run_prompts(
-            [batch[i] for i in second],
-            [(followers[i][1], entries[followers[i][0]]) for i in second],
+            [batch[i] for i in followers],
+            [(shared, entries[leader]) for leader, shared in followers.values()],
         )
         self._advance(rows, logits)
         self._advance(late, late_logits)
