@@ -140,3 +140,25 @@ def test_a_debate_killed_right_after_its_input_was_saved_resumes(tmp_path: Path)
     again = run_debates(graph, task.load("test"), run_id="k", db_path=db, progress=False)
     assert again == first
     assert len(model.calls) == 2 * CALLS_PER_PROBLEM
+
+
+def test_debates_start_one_at_a_time(tmp_path: Path) -> None:
+    """Each debate starts once the one before it has started its calls, not all in lockstep
+    (which held back every first call until all debates had set up)."""
+    db = tmp_path / "runs.sqlite"
+    started_before_first_call: list[int] = []
+
+    def reply(messages) -> str:
+        if not started_before_first_call:
+            with sqlite3.connect(db) as conn:
+                query = "SELECT COUNT(DISTINCT thread_id) FROM checkpoints"
+                started_before_first_call.append(conn.execute(query).fetchone()[0])
+        return "\\boxed{1}"
+
+    task = EchoTask(["1"] * 8)
+    graph = create_debate_graph(Society.from_model(ScriptedModel(reply=reply)), task)
+    results = run_debates(
+        graph, task.load("test"), run_id="r", db_path=db, max_concurrency=8, progress=False
+    )
+    assert all(r.correct for r in results)
+    assert started_before_first_call[0] <= 3
