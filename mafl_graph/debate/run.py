@@ -136,7 +136,7 @@ async def arun_debates(
     callbacks: Callbacks = None,
     progress: bool = True,
 ) -> list[DebateResult]:
-    """Debate every problem, ``max_concurrency`` problems at a time.
+    """Debate every problem, ``max_concurrency`` problems at a time, started one by one.
 
     ``graph``: from :func:`create_debate_graph`, uncompiled, or compiled with a checkpointer.
     ``checkpointer``: any saver with async methods (in-memory, AsyncSqliteSaver, Postgres);
