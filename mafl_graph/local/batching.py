@@ -72,6 +72,10 @@ class _Rows:
     def adapters(self) -> list[str]:
         return [r.adapter for r in self.requests]
 
+    def fed(self, row: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Copies of the keys and values of every token ``row`` fed the model, in order."""
+        return row_layers(self.cache, row, self.mask[row].nonzero().squeeze(-1))
+
     @property
     def next_ids(self) -> torch.Tensor:
         import torch
@@ -334,11 +338,10 @@ class BatchScheduler:
         if not followers:
             self._advance(rows, logits)
             return rows
-        entries = {}
-        for leader in {leader for leader, _ in followers.values()}:
-            row = first.index(leader)
-            columns = rows.mask[row].nonzero().squeeze(-1)  # its prompt's tokens, in order
-            entries[leader] = Entry(batch[leader].prompt_ids, row_layers(rows.cache, row, columns))
+        entries = {
+            leader: Entry(batch[leader].prompt_ids, rows.fed(first.index(leader)))
+            for leader in {leader for leader, _ in followers.values()}
+        }
         self.shared_prompts += len(followers)
         self.shared_tokens += sum(shared - hits[i][0] for i, (_, shared) in followers.items())
         late, late_logits = self._run_prompts(
@@ -399,9 +402,9 @@ class BatchScheduler:
         token, or the EOS, never went through the model)."""
         assert self.prefixes is not None
         request = rows.requests[row]
-        columns = rows.mask[row].nonzero().squeeze(-1)
-        fed = (request.prompt_ids + request.generated)[: len(columns)]
-        self.prefixes.store(request.adapter, fed, row_layers(rows.cache, row, columns))
+        layers = rows.fed(row)
+        fed = (request.prompt_ids + request.generated)[: layers[0][0].shape[1]]
+        self.prefixes.store(request.adapter, fed, layers)
 
     @staticmethod
     def _sample(active: list[Request], logits: torch.Tensor) -> list[int]:
