@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import sqlite3
 import time
 import typing
 from collections.abc import Callable, Mapping
@@ -17,10 +18,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mafl_graph.debate import CheckpointError, create_debate_graph, run_debates
+from mafl_graph.debate import CheckpointError, DebateResult, create_debate_graph, run_debates
+from mafl_graph.debate.run import check_checkpoint_file
 from mafl_graph.evaluate import DebateSummary, summarize_debates
 from mafl_graph.redact import redact
-from mafl_graph.rundir import prepare_run_dir, write_json, write_results
+from mafl_graph.rundir import prepare_run_dir, read_settings, write_json, write_results
 from mafl_graph.society import Society
 from mafl_graph.tasks import get_task
 from mafl_graph.usage import UsageRecorder
@@ -29,8 +31,35 @@ if TYPE_CHECKING:
     from mafl_graph.loop import TunerFactory
     from mafl_graph.tasks.base import Task
 
-app = typer.Typer(help="Multiagent fine-tuning on LangGraph.", no_args_is_help=True)
 console = Console()
+# Errors: to stderr, each one line however narrow the terminal or pipe, so a script can grep it.
+errors = Console(stderr=True, soft_wrap=True, highlight=False)
+
+# What a command may meet in the files and folders it is pointed at: each is a bad input,
+# answered by one line and exit 2, never a traceback.
+_BAD_INPUT = (ValueError, TypeError, ImportError, OSError, sqlite3.Error)
+
+
+class _Commands(typer.Typer):
+    """A Typer app whose every command answers a bad input through :func:`_fail`."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
+        register = super().command(*args, **kwargs)
+
+        def decorator(function: Callable[..., Any]) -> Any:
+            @functools.wraps(function)
+            def guarded(*a: Any, **kw: Any) -> Any:
+                try:
+                    return function(*a, **kw)
+                except _BAD_INPUT as exc:
+                    _fail(exc)
+
+            return register(guarded)
+
+        return decorator
+
+
+app = _Commands(help="Multiagent fine-tuning on LangGraph.", no_args_is_help=True)
 
 # The demo's difficulty: see README "Choosing a difficulty" for what the model scores.
 DEMO: dict[str, Any] = {
@@ -164,6 +193,7 @@ def _run(
             summarize=settings["summarize"],
             seed=settings["seed"],
         )
+        check_checkpoint_file(run_dir / "debates.sqlite")
         prepare_run_dir(run_dir, settings)
         # Tokens and cost per agent and role; a resumed run adds to what was recorded before.
         usage = UsageRecorder(run_dir / "usage.json")
@@ -188,6 +218,24 @@ def _run(
     write_results(run_dir, results, {**_as_dict(summary), "seconds": seconds})
     _print_summary(settings, summary, seconds, run_dir)
     console.print(f"usage: {usage.describe()} ({run_dir / 'usage.json'})")
+    _report_failures(results)
+
+
+def _report_failures(results: list[DebateResult]) -> None:
+    """Each distinct reason debates failed, once (keys already redacted); exit 1 if all did.
+
+    A run in which nothing succeeded (a wrong key, a model the provider does not serve) is a
+    failed command, not a result with a "failed debates" count.
+    """
+    reasons: dict[str, int] = {}
+    for result in results:
+        if result.error is not None:
+            reasons[result.error] = reasons.get(result.error, 0) + 1
+    for reason, count in reasons.items():
+        errors.print(f"[red]failed:[/red] {count} debate(s): {escape(' '.join(reason.split()))}")
+    if results and len(reasons) and all(not r.ok for r in results):
+        errors.print("[red]error:[/red] every debate failed; fix the cause above and run again.")
+        raise typer.Exit(1)
 
 
 def _check_counts(settings: dict[str, Any], concurrency: int) -> None:
@@ -206,14 +254,24 @@ def _check_counts(settings: dict[str, Any], concurrency: int) -> None:
 
 
 def _fail(exc: BaseException) -> NoReturn:
-    """One clear line for a bad input (keys redacted, brackets kept), then exit 2."""
-    console.print(f"[red]error:[/red] {escape(redact(str(exc)))}")
+    """One line on stderr for a bad input (keys redacted, brackets kept), then exit 2."""
+    errors.print(f"[red]error:[/red] {escape(redact(_message(exc)))}")
     raise typer.Exit(2) from exc
+
+
+def _message(exc: BaseException) -> str:
+    """What went wrong, in one line; a file system error names its file and what failed."""
+    if isinstance(exc, OSError) and exc.strerror:
+        files = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        return f"{files}: {exc.strerror}" if files else exc.strerror
+    if isinstance(exc, sqlite3.Error):
+        return f"SQLite: {exc}"
+    return " ".join(str(exc).split())
 
 
 def _as_dict(summary: DebateSummary) -> dict[str, Any]:
     def acc(a: Any) -> dict[str, Any]:
-        return {"mean": a.mean, "stderr": a.stderr, "correct": a.correct, "n": a.n}
+        return dict(a.as_dict())
 
     return {
         **dataclasses.asdict(summary),
@@ -322,11 +380,7 @@ def _run_settings(run_dir: Path) -> dict[str, Any]:
     manifest = run_dir / "manifest.json"
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest} not found; is {run_dir} a `mafl debate` run?")
-    try:
-        settings: dict[str, Any] = json.loads(manifest.read_text())["settings"]
-    except (json.JSONDecodeError, KeyError) as exc:
-        raise ValueError(f"{manifest} is unreadable ({exc}).") from exc
-    return settings
+    return read_settings(manifest)
 
 
 def _print_dataset_stats(
@@ -795,8 +849,7 @@ def report_command(
     try:
         path = write_report(run_dir)
     except (FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from exc
+        _fail(exc)
     console.print(path.read_text())
     console.print(f"Wrote {path}.")
 
@@ -848,8 +901,7 @@ def eval_command(
         problems = target.load("test", n)
         societies = {"base": loop.society, "tuned": loop.society_after(load_tuned(tuned_path))}
     except (ValueError, TypeError, ImportError, FileNotFoundError, KeyError) as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from exc
+        _fail(exc)
     out = run_dir / "transfer" / target.name
     usage = UsageRecorder(out / "usage.json")
     records = []
@@ -907,8 +959,7 @@ def sweep_command(
                 )
             axes[name] = [swept[name](v) for v in values.split(",")]
     except ValueError as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from exc
+        _fail(exc)
     table: dict[str, list[dict[str, Any]]] = {}
     for combination in itertools.product(*axes.values()):
         point = dict(zip(axes, combination, strict=True))
@@ -984,3 +1035,7 @@ def _logging() -> None:
 
 def main() -> None:  # pragma: no cover - console entry point
     app()
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m mafl_graph.cli`
+    main()

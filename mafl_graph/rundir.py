@@ -28,16 +28,16 @@ def prepare_run_dir(run_dir: Path, settings: Mapping[str, Any]) -> None:
     Settings that look like credentials are refused: the manifest is meant to be shared.
     """
     check_no_secrets(settings, "settings")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"the run directory {run_dir} is a file; choose a directory.")
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = run_dir / "manifest.json"
     settings = json.loads(json.dumps(settings))  # the form it takes on disk
     if manifest.exists():
         try:
-            saved = json.loads(manifest.read_text())["settings"]
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise ValueError(
-                f"{manifest} is unreadable ({exc}); move the directory aside or use another."
-            ) from exc
+            saved = read_settings(manifest)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; move the directory aside or use another.") from exc
         changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
         if changed:
             diff = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
@@ -47,6 +47,18 @@ def prepare_run_dir(run_dir: Path, settings: Mapping[str, Any]) -> None:
             )
         return
     write_json(manifest, {"settings": settings, "versions": _versions()})
+
+
+def read_settings(manifest: Path) -> dict[str, Any]:
+    """The ``settings`` object of a manifest, or a ValueError saying what is wrong with it."""
+    try:
+        saved = json.loads(manifest.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{manifest} is unreadable ({exc})") from exc
+    settings = saved.get("settings") if isinstance(saved, dict) else None
+    if not isinstance(settings, dict):
+        raise ValueError(f"{manifest} is unreadable (no 'settings' object in it)")
+    return settings
 
 
 def write_results(run_dir: Path, results: Sequence[DebateResult], summary: Any) -> None:

@@ -34,7 +34,7 @@ from typing import Any
 from langgraph.checkpoint.base import BaseCheckpointSaver, CheckpointTuple
 from langgraph.checkpoint.sqlite import SqliteSaver
 
-from mafl_graph.debate.run import RUN_KEY, damaged_database
+from mafl_graph.debate.run import RUN_KEY, check_checkpoint_file
 from mafl_graph.debate.state import Response
 from mafl_graph.redact import redact
 
@@ -133,14 +133,9 @@ def read_traces_sqlite(
     path = Path(path)
     if not path.is_file():  # sqlite3 would silently create an empty database
         raise FileNotFoundError(f"no checkpoint database at {path}; run the debates first.")
+    check_checkpoint_file(path)
     conn = sqlite3.connect(str(path), check_same_thread=False)
     try:
-        try:  # a damaged file gets one clear error instead of a failure deep in the saver
-            found = [str(row[0]) for row in conn.execute("PRAGMA quick_check")]
-        except sqlite3.DatabaseError as exc:
-            found = [str(exc)]
-        if found != ["ok"]:
-            raise damaged_database(path, "; ".join(found[:3]))
         return read_traces(SqliteSaver(conn), run_id, filter=filter)
     finally:
         conn.close()

@@ -7,11 +7,18 @@ is shown, and that every file already on disk is byte-for-byte what it was.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -76,6 +83,42 @@ def gsm8k_file(lines: list[str]) -> Setup:
     return setup
 
 
+def gsm8k_text(text: str) -> Setup:
+    def setup(root: Path) -> list[str]:
+        (root / "data" / "gsm8k").mkdir(parents=True)
+        (root / "data" / "gsm8k" / "test.jsonl").write_text(text)
+        return ["--task", "gsm8k", "--data-dir", str(root / "data")]
+
+    return setup
+
+
+def run_dir_is_a_file(root: Path) -> list[str]:
+    (root / "a-file").write_text("not a directory\n")
+    return [*ARITHMETIC, "--run-dir", str(root / "a-file")]
+
+
+def checkpoint_is_a_directory(root: Path) -> list[str]:
+    (root / "run" / "debates.sqlite").unlink()
+    (root / "run" / "debates.sqlite").mkdir()
+    return ARITHMETIC
+
+
+def foreign_database(root: Path) -> list[str]:
+    """A sound SQLite file of another application where the checkpoints should be."""
+    db = root / "run" / "debates.sqlite"
+    db.unlink()
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+        conn.execute("INSERT INTO invoices (total) VALUES (12.5)")
+        conn.commit()
+    return ARITHMETIC
+
+
+def manifest_without_settings(root: Path) -> list[str]:
+    (root / "run" / "manifest.json").write_text('{"settings": null}\n')
+    return ARITHMETIC
+
+
 def garbage_checkpoint(root: Path) -> list[str]:
     (root / "run" / "debates.sqlite").write_bytes(b"this is not a SQLite database\n" * 100)
     return ARITHMETIC
@@ -120,6 +163,15 @@ DEBATE_CASES = [
     ("corrupt manifest", corrupt_manifest, [], ["manifest.json is unreadable", "move the directory aside"]),  # noqa: E501
     ("checkpoint file that is not a database", garbage_checkpoint, [], ["debates.sqlite is damaged (file is not a database)", "left untouched", "move it aside"]),  # noqa: E501
     ("truncated checkpoint file", truncated_checkpoint, [], ["debates.sqlite is damaged", "restore it from a backup"]),  # noqa: E501
+    ("task file: empty", gsm8k_text(""), [], ["gsm8k/test.jsonl holds no rows"]),
+    ("task file: blank lines only", gsm8k_text("\n\n  \n"), [], ["gsm8k/test.jsonl holds no rows"]),  # noqa: E501
+    ("task file: an empty reference", gsm8k_file(['{"question": "q", "answer": "#### 1"}', '{"question": "q2", "answer": "so #### "}']), [], ["test.jsonl, line 2, row 1", "holds '', not a number"]),  # noqa: E501
+    ("task file: a reference in words", gsm8k_file(['{"question": "q", "answer": "#### four"}']), [], ["test.jsonl, line 1, row 0", "holds 'four', not a number"]),  # noqa: E501
+    ("task file: the bad row after a blank line", gsm8k_file(['{"question": "q", "answer": "#### 1"}', "", '{"question": "q2", "answer": "#### x"}']), [], ["test.jsonl, line 3, row 1"]),  # noqa: E501
+    ("run directory that is a file", run_dir_is_a_file, [], ["a-file is a file; choose a directory"]),  # noqa: E501
+    ("checkpoint file that is a directory", checkpoint_is_a_directory, [], ["debates.sqlite is not a file", "left untouched"]),  # noqa: E501
+    ("checkpoint file of another application", foreign_database, [], ["debates.sqlite is a SQLite database of something else", "invoices", "left untouched"]),  # noqa: E501
+    ("manifest without settings", manifest_without_settings, [], ["manifest.json is unreadable (no 'settings' object in it)"]),  # noqa: E501
 ]  # fmt: skip
 
 
@@ -198,11 +250,93 @@ def test_a_missing_adapter_is_named_when_the_model_is_built(tmp_path: Path) -> N
         load_tuned(tmp_path / "tuned.json")
 
 
+def test_mafl_datasets_leaves_a_foreign_database_as_it_was(workspace: Path) -> None:
+    foreign_database(workspace)
+    before = snapshot(workspace)
+    args = ["datasets", "--run-dir", str(workspace / "run"), "--min-examples", "1"]
+    result = CliRunner().invoke(app, args)
+    assert_one_clear_error(result, ["a SQLite database of something else", "invoices"])
+    assert snapshot(workspace) == before
+
+
+def test_a_wrong_key_fails_the_command_and_says_why_once(tmp_path: Path) -> None:
+    """Every call refused (401): exit 1, the provider's reason once, redacted."""
+    wrong = "sk-mafl-wrong-key-0123456789abcdef"
+    fault_server = FaultServer(answer=arithmetic_answer, api_key=KEY)
+    with serve(fault_server) as server, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OPENAI_API_KEY", wrong)
+        mp.setenv("OPENAI_BASE_URL", server.url)
+        args = ["debate", *RUN, *ARITHMETIC, "--run-dir", str(tmp_path / "run")]
+        result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.count("Incorrect API key provided") == 1, result.stderr
+    assert "6 debate(s)" in result.stderr
+    assert "every debate failed" in result.stderr
+    assert wrong not in result.output
+    assert wrong not in "".join(p.read_text() for p in (tmp_path / "run").glob("*.json*"))
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
+@pytest.mark.parametrize(
+    ("layout", "needles"),
+    [
+        ("unreadable data file", ["data/gsm8k/test.jsonl: Permission denied"]),
+        ("unreadable data folder", ["data/gsm8k/test.jsonl: Permission denied"]),
+        ("run directory in a read-only folder", ["read-only/run: Permission denied"]),
+    ],
+)
+def test_paths_the_user_may_not_use_are_one_line(layout: str, needles: list[str]) -> None:
+    """Run as an unprivileged user (root reads everything), in a process of its own."""
+    root = Path(tempfile.mkdtemp(prefix="mafl-permissions-", dir="/tmp"))
+    try:
+        root.chmod(0o755)
+        data = root / "data" / "gsm8k"
+        data.mkdir(parents=True)
+        (data / "test.jsonl").write_text('{"question": "q", "answer": "#### 1"}\n')
+        (root / "read-only").mkdir()
+        run_dir = root / "run"
+        if layout == "unreadable data file":
+            (data / "test.jsonl").chmod(0o600)
+        elif layout == "unreadable data folder":
+            data.chmod(0o700)
+        else:
+            run_dir = root / "read-only" / "run"
+        for folder in (root / "data", root / "read-only"):
+            folder.chmod(folder.stat().st_mode & 0o7555)
+        home = root / "home"  # where the datasets library may write its cache
+        home.mkdir()
+        if os.geteuid() == 0:
+            for path in [root, *root.rglob("*")]:
+                os.chown(path, 0, 0)
+            os.chown(home, 65534, 65534)
+        user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        command = [*(user if os.geteuid() == 0 else []), sys.executable, "-m", "mafl_graph.cli"]
+        args = ["debate", *RUN, "--task", "gsm8k", "--data-dir", str(root / "data")]
+        done = subprocess.run(
+            [*command, *args, "--run-dir", str(run_dir)],
+            capture_output=True,
+            text=True,
+            cwd=root,
+            env={**os.environ, "OPENAI_API_KEY": KEY, "HOME": str(home)},
+            timeout=120,
+        )
+        result = SimpleNamespace(exit_code=done.returncode, stdout=done.stdout, stderr=done.stderr)
+        assert_one_clear_error(result, needles)
+        assert not run_dir.exists()
+    finally:
+        for path in [root, *root.rglob("*")]:
+            path.chmod(0o700)
+        shutil.rmtree(root)
+
+
 def assert_one_clear_error(result: object, needles: list[str]) -> None:
-    output = getattr(result, "output", "")
-    assert getattr(result, "exit_code", None) == 2, output
-    assert output.count("error:") == 1, output
-    assert "Traceback" not in output
-    flat = "".join(output.split())  # the console wraps long paths anywhere
+    """Exit 2 and one unwrapped line on stderr, naming what is wrong; nothing on stdout says
+    error, and no traceback anywhere."""
+    stderr, stdout = getattr(result, "stderr", ""), getattr(result, "stdout", "")
+    assert getattr(result, "exit_code", None) == 2, (stdout, stderr)
+    lines = [line for line in stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1, stderr
+    assert "error:" not in stdout, stdout
+    assert "Traceback" not in stdout + stderr
     for needle in needles:
-        assert "".join(needle.split()) in flat, (needle, output)
+        assert needle in lines[0], (needle, lines[0])

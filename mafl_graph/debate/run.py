@@ -313,10 +313,10 @@ async def _saver(
         yield graph.compile(checkpointer=checkpointer)
         return
     path = Path(db_path) if db_path is not None else Path("runs") / run_id / "debates.sqlite"
+    check_checkpoint_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path)
     try:
-        _check_database(conn, path)
         # WAL (set by the saver) with synchronous=NORMAL survives a killed process, which is
         # what resuming needs; FULL would also fsync on every saved answer, and that fsync was
         # most of the runner's overhead (benchmarks/orchestration_overhead.py).
@@ -330,24 +330,61 @@ class CheckpointError(ValueError):
     """The checkpoint database cannot be read; it is left exactly as it was found."""
 
 
-def _check_database(conn: sqlite3.Connection, path: Path) -> None:
-    """Refuse a checkpoint file that is not a sound SQLite database, before writing to it.
+# The columns langgraph's SqliteSaver reads from each of its tables.
+_SAVER_TABLES = {
+    "checkpoints": {"thread_id", "checkpoint_ns", "checkpoint_id", "checkpoint", "metadata"},
+    "writes": {"thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx", "channel"},
+}
 
-    Without this a corrupt file fails deep inside the saver with "file is not a database" (or,
-    for a truncated one, only when a damaged page is read, halfway through a run).
-    ``quick_check`` reads every page once, once per run: 0.09-0.11 s for a 100 MB file on
-    this machine (page cache warm).
+
+def check_checkpoint_file(path: str | Path) -> None:
+    """Refuse a file that is not a sound checkpoint database, before anything writes to it.
+
+    A missing file is fine (it becomes a new database). Everything else is read through a
+    read-only, ``immutable`` connection, which neither locks the file nor creates WAL files, so
+    a refused file is left byte for byte as it was: a corrupt or truncated file (which would
+    otherwise fail deep inside the saver, halfway through a run), a directory, and a sound
+    SQLite database of another application (which the saver would switch to WAL and add its
+    tables to). ``quick_check`` reads every page once: about 0.1 s for a 100 MB file.
     """
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise CheckpointError(
+            f"The checkpoint database {path} is not a file. It was left untouched: move it "
+            "aside or use another run directory."
+        )
+    uri = f"{path.resolve().as_uri()}?mode=ro&immutable=1"
     try:
-        rows = conn.execute("PRAGMA quick_check").fetchall()
+        conn = sqlite3.connect(uri, uri=True)
+    except sqlite3.Error as exc:
+        raise damaged_database(path, str(exc)) from exc
+    try:
+        found = [str(row[0]) for row in conn.execute("PRAGMA quick_check")]
+        tables = {
+            name: {
+                str(c) for (c,) in conn.execute("SELECT name FROM pragma_table_info(?)", (name,))
+            }
+            for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
     except sqlite3.DatabaseError as exc:
-        problem = str(exc)
-    else:
-        found = [str(row[0]) for row in rows]
-        if found == ["ok"]:
-            return
-        problem = "; ".join(found[:3])
-    raise damaged_database(path, problem)
+        found = [str(exc)]
+    finally:
+        conn.close()
+    if found != ["ok"]:
+        raise damaged_database(path, "; ".join(found[:3]))
+    foreign = sorted(
+        name
+        for name, columns in tables.items()
+        if not _SAVER_TABLES.get(name, set()) <= columns or name not in _SAVER_TABLES
+    )
+    if foreign:
+        raise CheckpointError(
+            f"{path} is a SQLite database of something else (tables {', '.join(foreign)} are "
+            "not a LangGraph checkpointer's). It was left untouched: use another run directory "
+            "or move the file aside."
+        )
 
 
 def damaged_database(path: str | Path, problem: str) -> CheckpointError:

@@ -5,6 +5,7 @@ Local files come first, so an offline machine never reaches for the network.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Mapping
@@ -52,11 +53,26 @@ def read_rows(path: str, n: int | None) -> list[dict[str, Any]]:
     ``Dataset.from_json`` rather than ``load_dataset("json", ...)``: the latter sends a
     download-count request to the hub on every call, even for local files.
     """
+    if _line_of_row(path, 0) is None:  # ``datasets`` fails on it with StopIteration
+        raise ValueError(f"{path} holds no rows; every line should be one JSON object")
     try:
         table = datasets.Dataset.from_json(path)
     except DatasetGenerationError as error:
         raise ValueError(f"{path}: {_first_bad_line(path)}; fix or remove that line") from error
     return first_rows(table, n)
+
+
+def row_name(source: str, index: int) -> str:
+    """Where row ``index`` of ``source`` is: its line in a local file, else its row number."""
+    line = _line_of_row(source, index) if Path(source).is_file() else None
+    return f"{source}, line {line}, row {index}" if line else f"{source}, row {index}"
+
+
+def _line_of_row(path: str, index: int) -> int | None:
+    """The 1-based line of the ``index``-th row: ``datasets`` skips blank lines."""
+    with open(path, encoding="utf-8") as handle:
+        rows = (i + 1 for i, line in enumerate(handle) if line.strip())
+        return next(itertools.islice(rows, index, None), None)
 
 
 def require_fields(
@@ -68,7 +84,7 @@ def require_fields(
         value = row.get(field)
         if not isinstance(value, str) or not value.strip():
             raise ValueError(
-                f"{source}, row {index}: field {field!r} is missing or not text "
+                f"{row_name(source, index)}: field {field!r} is missing or not text "
                 f"(got {value!r}); every row needs string fields {list(fields)}"
             )
         values.append(value)

@@ -12,9 +12,9 @@ from typing import ClassVar
 
 import datasets
 
-from mafl_graph.grading import extract_number, is_equivalent
+from mafl_graph.grading import extract_number, is_equivalent, to_number
 from mafl_graph.tasks.base import Problem
-from mafl_graph.tasks.files import first_rows, local_file, read_rows, require_fields
+from mafl_graph.tasks.files import first_rows, local_file, read_rows, require_fields, row_name
 
 
 @dataclass(frozen=True)
@@ -38,10 +38,18 @@ class GSM8K:
             question, solution = require_fields(row, ("question", "answer"), source, i)
             if "####" not in solution:
                 raise ValueError(
-                    f"{source}, row {i}: the answer has no '#### <number>' line; GSM8K answers end "
-                    "with '#### ' and the final number"
+                    f"{row_name(source, i)}: the answer has no '#### <number>' line; GSM8K "
+                    "answers end with '#### ' and the final number"
                 )
-            reference = solution.rsplit("####", 1)[1].strip().replace(",", "")
+            reference = solution.rsplit("####", 1)[1].strip()
+            if to_number(reference) is None:
+                # A reference that is no number can never be matched: refuse it here rather
+                # than count every answer to it wrong.
+                raise ValueError(
+                    f"{row_name(source, i)}: the answer's '#### ' line holds {reference!r}, not "
+                    "a number; GSM8K answers end with '#### ' and the final number"
+                )
+            reference = reference.replace(",", "")
             problems.append(Problem(f"gsm8k-{split}-{i:05d}", question, reference))
         return problems
 

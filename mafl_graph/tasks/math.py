@@ -14,7 +14,7 @@ import datasets
 
 from mafl_graph.grading import extract_boxed, is_equivalent
 from mafl_graph.tasks.base import Problem
-from mafl_graph.tasks.files import first_rows, local_file, read_rows, require_fields
+from mafl_graph.tasks.files import first_rows, local_file, read_rows, require_fields, row_name
 
 _ANSWER_IS = "The answer is:"
 
@@ -52,7 +52,7 @@ class MATH:
                 reference = solution.rsplit(_ANSWER_IS, 1)[1].strip() or None
             if reference is None:
                 raise ValueError(
-                    f"{path}, row {i}: the answer has neither \\boxed{{...}} nor "
+                    f"{row_name(path, i)}: the answer has neither \\boxed{{...}} nor "
                     f"'{_ANSWER_IS} X'; put the final answer in one of those forms"
                 )
             problems.append(Problem(f"math-{split}-{i:05d}", question, reference))
