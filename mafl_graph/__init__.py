@@ -50,9 +50,11 @@ from mafl_graph.finetune.tuners import (
     tuned_society,
 )
 from mafl_graph.grading import (
+    Verdict,
     Vote,
     extract_boxed,
     extract_number,
+    grade,
     is_equivalent,
     last_number,
     majority_vote,
@@ -117,6 +119,7 @@ __all__ = [
     "ValidationIssue",
     "VertexTuneConfig",
     "VertexTuner",
+    "Verdict",
     "Vote",
     "accuracy",
     "aread_traces",
@@ -128,6 +131,7 @@ __all__ = [
     "extract_number",
     "get_task",
     "get_tuner",
+    "grade",
     "is_equivalent",
     "last_number",
     "load_tuned",
