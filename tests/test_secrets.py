@@ -97,7 +97,8 @@ def test_no_file_log_or_trace_of_a_run_holds_the_key(
         monkeypatch.setenv("OPENAI_BASE_URL", echoing.url)
         refused = tmp_path / "refused"
         failed = runner.invoke(app, [*DEBATE, "--run-dir", str(refused)])
-        assert failed.exit_code == 0, failed.output  # failed debates are results, not a crash
+        # every call refused: the results are written, and the command fails (exit 1)
+        assert failed.exit_code == 1, failed.output
         outputs.append(failed.output)
     assert len(echoing.requests) == 6 * 3 and all(r.fault == "401" for r in echoing.requests)
     errors = [json.loads(line)["error"] for line in (refused / "results.jsonl").open()]
