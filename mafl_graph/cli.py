@@ -291,6 +291,7 @@ def _print_summary(
         table.add_row(f"single-agent answers, round {i}", str(acc))
     table.add_row("consensus (agreement with the majority)", f"{100 * summary.consensus:.1f}%")
     table.add_row("failed debates", str(summary.failed))
+    table.add_row("undecided grades (grading ran out of time)", str(summary.undecided))
     table.add_row("wall time", f"{seconds:.0f} s")
     console.print(table)
 
@@ -416,6 +417,11 @@ def _print_dataset_stats(
             str(others.get(name, "n/a")),
         )
     console.print(table)
+    if undecided := sum(s.get("undecided", 0) for s in report["datasets"].values()):
+        console.print(
+            f"[yellow]{undecided} answer(s) left out of the datasets:[/yellow] grading them "
+            "against the target ran out of time (undecided, not wrong)."
+        )
 
 
 @app.command("tune")

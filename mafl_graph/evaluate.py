@@ -14,16 +14,23 @@ from langchain_core.callbacks import BaseCallbackHandler
 
 from mafl_graph.debate.graph import create_debate_graph
 from mafl_graph.debate.run import DebateResult, run_debates
+from mafl_graph.grading import Verdict
 from mafl_graph.society import Society
-from mafl_graph.tasks.base import Problem, Task
+from mafl_graph.tasks.base import Problem, Task, grade_answer
 
 
 @dataclass(frozen=True)
 class Accuracy:
-    """A proportion over problems with its standard error sqrt(p(1-p)/n)."""
+    """A proportion over problems with its standard error sqrt(p(1-p)/n).
+
+    ``undecided``: how many of the ``n`` could not be graded because grading ran out of time.
+    They count in ``n`` but not in ``correct``, so ``mean`` is a lower bound and
+    ``(correct + undecided) / n`` the matching upper bound.
+    """
 
     correct: int
     n: int
+    undecided: int = 0
 
     @property
     def mean(self) -> float:
@@ -34,25 +41,38 @@ class Accuracy:
         return math.sqrt(self.mean * (1 - self.mean) / self.n) if self.n else 0.0
 
     def __str__(self) -> str:
-        return f"{100 * self.mean:.1f} ± {100 * self.stderr:.1f}% ({self.correct}/{self.n})"
+        undecided = f", {self.undecided} undecided" if self.undecided else ""
+        return (
+            f"{100 * self.mean:.1f} ± {100 * self.stderr:.1f}% ({self.correct}/{self.n}{undecided})"
+        )
 
     def as_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "stderr": self.stderr, "correct": self.correct, "n": self.n}
+        return {
+            "mean": self.mean,
+            "stderr": self.stderr,
+            "correct": self.correct,
+            "n": self.n,
+            "undecided": self.undecided,
+        }
 
 
 @dataclass(frozen=True)
 class DebateSummary:
     """Consensus accuracy plus how the agents did in each round.
 
-    ``accuracy`` counts every problem, failed debates and unparseable answers as wrong.
-    ``round_accuracy[r]`` is the accuracy of single agents' answers in round r+1, so the
-    effect of debating is visible next to the voted result.
+    ``accuracy`` counts every problem, failed debates and unparseable answers as wrong; a
+    consensus whose grading ran out of time is neither right nor wrong but undecided (see
+    :class:`Accuracy`). ``round_accuracy[r]`` is the accuracy of single agents' answers in
+    round r+1, so the effect of debating is visible next to the voted result. ``undecided``
+    counts every grade of the run that ran out of time: in the votes (clustering and
+    correctness) and in grading each round's answers here.
     """
 
     accuracy: Accuracy
     round_accuracy: list[Accuracy]
     consensus: float
     failed: int
+    undecided: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -62,29 +82,39 @@ class DebateSummary:
         }
 
 
-def accuracy(flags: Sequence[bool | None]) -> Accuracy:
-    return Accuracy(correct=sum(1 for f in flags if f), n=len(flags))
+def accuracy(flags: Sequence[bool | None], *, undecided: int = 0) -> Accuracy:
+    """``flags``: True right; False or None (no reference, failed, undecided) not right."""
+    return Accuracy(correct=sum(1 for f in flags if f), n=len(flags), undecided=undecided)
 
 
 def summarize_debates(results: Sequence[DebateResult], task: Task) -> DebateSummary:
     rounds = max((r["round"] for res in results for r in res.responses), default=0)
     round_accuracy = []
+    undecided = sum(res.undecided for res in results)
     for round_ in range(1, rounds + 1):
-        flags = [
-            r["answer"] is not None
-            and res.reference is not None
-            and task.is_equivalent(r["answer"], res.reference)
+        verdicts = [
+            grade_answer(task, r["answer"], res.reference)
+            if res.reference is not None
+            else Verdict.DIFFERENT
             for res in results
             for r in res.responses
             if r["round"] == round_
         ]
-        round_accuracy.append(accuracy(flags))
+        unsure = verdicts.count(Verdict.UNDECIDED)
+        undecided += unsure
+        round_accuracy.append(
+            accuracy([v is Verdict.EQUIVALENT for v in verdicts], undecided=unsure)
+        )
     ok = [res for res in results if res.ok]
+    unsure_consensus = sum(
+        1 for res in ok if res.reference is not None and res.correct is None and res.undecided
+    )
     return DebateSummary(
-        accuracy=accuracy([res.correct for res in results]),
+        accuracy=accuracy([res.correct for res in results], undecided=unsure_consensus),
         round_accuracy=round_accuracy,
         consensus=sum(res.consensus_fraction for res in ok) / len(ok) if ok else 0.0,
         failed=len(results) - len(ok),
+        undecided=undecided,
     )
 
 

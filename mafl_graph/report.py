@@ -50,7 +50,8 @@ def _read(path: Path) -> list[dict[str, Any]]:
 def _pct(acc: Mapping[str, Any] | None) -> str:
     if not acc or not acc.get("n"):
         return "–"
-    return f"{100 * acc['mean']:.1f} ± {100 * acc['stderr']:.1f}"
+    undecided = f" ({acc['undecided']} undecided)" if acc.get("undecided") else ""
+    return f"{100 * acc['mean']:.1f} ± {100 * acc['stderr']:.1f}{undecided}"
 
 
 def _num(value: Any, digits: int = 3) -> str:

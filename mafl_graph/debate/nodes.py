@@ -26,11 +26,11 @@ from mafl_graph.debate.state import (
     completed_round,
     latest_responses,
 )
-from mafl_graph.grading import majority_vote
+from mafl_graph.grading import Verdict, majority_vote
 from mafl_graph.models import CONTINUED_KEY, EmptyReplyError, model_label
 from mafl_graph.redact import scrub_exception
 from mafl_graph.society import Society
-from mafl_graph.tasks.base import Problem, Task
+from mafl_graph.tasks.base import Problem, Task, grade_answer
 
 
 @dataclass(frozen=True)
@@ -214,21 +214,29 @@ class DebateNodes:
     # Voting ------------------------------------------------------------------------------
 
     def vote(self, state: DebateState) -> dict[str, Any]:
-        """Majority over the final round, clustered by the task's equivalence."""
+        """Majority over the final round, clustered by the task's equivalence.
+
+        ``correct`` is None where there is no reference or grading the consensus ran out of
+        time; ``undecided`` counts the grades (clustering included) that ran out of time.
+        """
         final = latest_responses(state, self.rounds)
         vote = majority_vote(
             [r["answer"] for r in final],
-            equivalent=self.task.is_equivalent,
+            equivalent=lambda answer, other: grade_answer(self.task, answer, other),
             seed=f"{self.seed}:{state['problem_id']}",
         )
         reference = state.get("reference")
         correct = None
+        undecided = vote.undecided
         if reference is not None:
-            correct = vote.answer is not None and self.task.is_equivalent(vote.answer, reference)
+            verdict = grade_answer(self.task, vote.answer, reference)
+            undecided += verdict is Verdict.UNDECIDED
+            correct = None if verdict is Verdict.UNDECIDED else verdict is Verdict.EQUIVALENT
         return {
             "consensus": vote.answer,
             "consensus_fraction": vote.fraction,
             "correct": correct,
+            "undecided": undecided,
         }
 
 

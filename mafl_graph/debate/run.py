@@ -39,6 +39,9 @@ class DebateResult:
     consensus: str | None = None
     consensus_fraction: float = 0.0
     correct: bool | None = None
+    """None without a reference, or when grading the consensus ran out of time."""
+    undecided: int = 0
+    """The vote's grades (clustering and correctness) that ran out of time."""
     responses: list[Response] = field(default_factory=list)
     summaries: list[Response] = field(default_factory=list)
     error: str | None = None
@@ -277,6 +280,7 @@ async def _debate(
         consensus=saved.get("consensus"),
         consensus_fraction=saved.get("consensus_fraction", 0.0),
         correct=saved.get("correct"),
+        undecided=saved.get("undecided", 0),
         responses=saved.get("responses", []),
         summaries=saved.get("summaries", []),
     )

@@ -51,6 +51,9 @@ class DebateState(DebateInput, total=False):
     consensus: str | None
     consensus_fraction: float
     correct: bool | None
+    """None without a reference, or when grading the consensus ran out of time."""
+    undecided: int
+    """Grades of the vote (clustering and correctness) that ran out of time."""
 
 
 class AgentTurn(TypedDict):

@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, NotRequired, TypedDict
 
 from mafl_graph.debate.state import Response
-from mafl_graph.tasks.base import Task
+from mafl_graph.grading import Verdict
+from mafl_graph.tasks.base import Task, grade_answer
 from mafl_graph.traces import DebateTrace
 
 TrainedRole = Literal["generator", "critic"]
@@ -71,6 +72,9 @@ class DatasetStats:
     mean_tokens: float = 0.0
     mean_trained_tokens: float = 0.0
     """Mean tokens of the weight-1 turns: what the loss sees."""
+    undecided: int = 0
+    """Candidates left out because grading an answer against the target ran out of time: not
+    known to be right, and (for a critic's first answer) not known to be wrong either."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,12 +110,14 @@ def build_datasets(
     """Every agent's generator dataset, and critic dataset where the debates had critics.
 
     ``traces``: finished debates (``read_traces(...)``, sorted by thread id for determinism).
-    ``task``: its ``is_equivalent`` decides which answers agree with the target; an answer the
-    task could not parse (None) is always wrong. ``w``: the share of D_C⁻ in each critic's
-    set. ``target``: "consensus" (the paper) or "reference" (the ground truth, where the task
-    has one). ``seed``: fixes the mixing and the order. ``n_agents``: make (empty) datasets for
-    agents that never produced an example, too. ``count_tokens``: a real tokenizer's count for
-    the statistics; by default :func:`estimate_tokens`.
+    ``task``: its grade (:func:`~mafl_graph.tasks.base.grade_answer`) decides which answers
+    agree with the target; an answer the task could not parse (None) is always wrong, and one
+    whose grading ran out of time is left out and counted in ``DatasetStats.undecided``.
+    ``w``: the share of D_C⁻ in each critic's set. ``target``: "consensus" (the paper) or
+    "reference" (the ground truth, where the task has one). ``seed``: fixes the mixing and the
+    order. ``n_agents``: make (empty) datasets for agents that never produced an example, too.
+    ``count_tokens``: a real tokenizer's count for the statistics; by default
+    :func:`estimate_tokens`.
     """
     w = check_w(w)
     if target not in TARGETS:
@@ -199,7 +205,7 @@ def _generator(
     count: Callable[[str], int],
 ) -> AgentDataset:
     examples: list[Example] = []
-    candidates = no_target = 0
+    candidates = no_target = undecided = 0
     for trace in traces:
         goal = _target(trace, target)
         if goal is None:
@@ -209,10 +215,14 @@ def _generator(
         if first is None:
             continue
         candidates += 1
-        if _agrees(task, first["answer"], goal):
+        verdict = grade_answer(task, first["answer"], goal)
+        undecided += verdict is Verdict.UNDECIDED
+        if verdict is Verdict.EQUIVALENT:
             examples.append(_example(first, trace, "generator", "D_G"))
     random.Random(f"{seed}/{agent}/generator").shuffle(examples)
-    stats = DatasetStats(agent, "generator", len(examples), candidates, no_target)
+    stats = DatasetStats(
+        agent, "generator", len(examples), candidates, no_target, undecided=undecided
+    )
     return AgentDataset(agent, "generator", examples, _with_lengths(stats, examples, count))
 
 
@@ -227,7 +237,7 @@ def _critic(
 ) -> AgentDataset:
     wrong: list[Example] = []
     right: list[Example] = []
-    candidates = no_target = 0
+    candidates = no_target = undecided = 0
     for trace in traces:
         goal = _target(trace, target)
         if goal is None:
@@ -239,12 +249,15 @@ def _critic(
         if final is None or first is None or final["role"] != "critic":
             continue
         candidates += 1
-        if not _agrees(task, final["answer"], goal):
-            continue
-        if _agrees(task, first["answer"], goal):
-            right.append(_example(final, trace, "critic", "D_C+"))
-        else:
-            wrong.append(_example(final, trace, "critic", "D_C-"))
+        verdict = grade_answer(task, final["answer"], goal)
+        if verdict is Verdict.EQUIVALENT:
+            # Whether the first answer was right decides D_C+ or D_C-; undecided is neither.
+            verdict = grade_answer(task, first["answer"], goal)
+            if verdict is Verdict.EQUIVALENT:
+                right.append(_example(final, trace, "critic", "D_C+"))
+            elif verdict is Verdict.DIFFERENT:
+                wrong.append(_example(final, trace, "critic", "D_C-"))
+        undecided += verdict is Verdict.UNDECIDED
     n_wrong, n_right = mix_counts(len(wrong), len(right), w)
     rng = random.Random(f"{seed}/{agent}/critic")
     examples = rng.sample(wrong, n_wrong) + rng.sample(right, n_right)
@@ -259,6 +272,7 @@ def _critic(
         right_first=len(right),
         used_wrong_first=n_wrong,
         used_right_first=n_right,
+        undecided=undecided,
     )
     return AgentDataset(
         agent,
@@ -292,10 +306,6 @@ def _example(response: Response, trace: DebateTrace, role: TrainedRole, subset: 
 
 def _target(trace: DebateTrace, target: Target) -> str | None:
     return trace.consensus if target == "consensus" else trace.reference
-
-
-def _agrees(task: Task, answer: str | None, goal: str) -> bool:
-    return answer is not None and task.is_equivalent(answer, goal)
 
 
 def _response(trace: DebateTrace, agent: int, round_: int) -> Response | None:

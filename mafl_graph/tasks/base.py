@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from mafl_graph.grading import Verdict
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -41,5 +43,25 @@ class Task(Protocol):
         ...
 
     def is_equivalent(self, answer: str, reference: str) -> bool:
-        """Whether two extracted answers denote the same value."""
+        """Whether two extracted answers denote the same value.
+
+        A task whose grading can run out of time also defines ``grade(answer, reference) ->
+        Verdict``, which can say UNDECIDED; :func:`grade_answer` uses it where it exists.
+        """
         ...
+
+
+def grade_answer(task: Task, answer: str | None, reference: str) -> Verdict:
+    """The task's verdict on ``answer`` against ``reference``: what debates and datasets store.
+
+    No answer (None) is DIFFERENT. The task's ``grade`` decides where it has one, so that
+    grading that ran out of time comes back UNDECIDED; otherwise ``is_equivalent`` does.
+    """
+    if answer is None:
+        return Verdict.DIFFERENT
+    grade = getattr(task, "grade", None)
+    if callable(grade):
+        verdict = grade(answer, reference)
+        if isinstance(verdict, Verdict):
+            return verdict
+    return Verdict.EQUIVALENT if task.is_equivalent(answer, reference) else Verdict.DIFFERENT

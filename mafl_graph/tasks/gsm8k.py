@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import datasets
 
-from mafl_graph.grading import extract_number, is_equivalent, to_number
+from mafl_graph.grading import Verdict, extract_number, grade, is_equivalent, to_number
 from mafl_graph.tasks.base import Problem
 from mafl_graph.tasks.files import first_rows, local_file, read_rows, require_fields, row_name
 
@@ -68,3 +68,7 @@ class GSM8K:
     def is_equivalent(self, answer: str, reference: str) -> bool:
         """Equal by value (see :func:`mafl_graph.grading.is_equivalent`)."""
         return is_equivalent(answer, reference)
+
+    def grade(self, answer: str, reference: str) -> Verdict:
+        """As :meth:`is_equivalent`, or UNDECIDED where the symbolic check ran out of time."""
+        return grade(answer, reference)

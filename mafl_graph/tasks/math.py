@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import datasets
 
-from mafl_graph.grading import extract_boxed, is_equivalent
+from mafl_graph.grading import Verdict, extract_boxed, grade, is_equivalent
 from mafl_graph.tasks.base import Problem
 from mafl_graph.tasks.files import first_rows, local_file, read_rows, require_fields, row_name
 
@@ -74,3 +74,7 @@ class MATH:
     def is_equivalent(self, answer: str, reference: str) -> bool:
         """Equal as mathematics (math-verify, sympy underneath)."""
         return is_equivalent(answer, reference)
+
+    def grade(self, answer: str, reference: str) -> Verdict:
+        """As :meth:`is_equivalent`, or UNDECIDED where the symbolic check ran out of time."""
+        return grade(answer, reference)
