@@ -17,6 +17,12 @@ Each thread's final state is then its latest checkpoint (``get_tuple`` without a
 thread whose latest state has no ``consensus`` (``vote`` never ran: still running, killed or
 failed) is reported in :attr:`RunTraces.unfinished`, never treated as done.
 
+The ``responses`` and ``summaries`` lists are not in that checkpoint: they are delta channels
+(see :mod:`mafl_graph.debate.state`), rebuilt from the thread's stored writes, which
+``get_delta_channel_history`` returns, through the same reducer that rebuilds them while the
+debate runs, so every response comes back with the exact messages its model was sent.
+Checkpoints of the earlier format, which hold the whole lists, are read as they are.
+
 Only public ``BaseCheckpointSaver`` methods are used, so in-memory, SQLite and Postgres savers
 all work. Async-only savers (``AsyncSqliteSaver``, ``AsyncPostgresSaver``) need
 :func:`aread_traces` from inside their event loop.
@@ -35,10 +41,13 @@ from langgraph.checkpoint.base import BaseCheckpointSaver, CheckpointTuple
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from mafl_graph.debate.run import RUN_KEY, check_checkpoint_file
-from mafl_graph.debate.state import Response
+from mafl_graph.debate.state import Response, responses_channel
 from mafl_graph.redact import redact
 
 _ERROR_CHANNEL = "__error__"  # where LangGraph keeps a failed task's exception
+_LISTS = ["responses", "summaries"]
+# Checkpoint metadata that says how LangGraph stores the lists, not what the run was.
+_STORAGE_METADATA = ("counters_since_delta_snapshot",)
 
 
 @dataclass(frozen=True)
@@ -105,12 +114,18 @@ def read_traces(
     try:
         threads = _thread_ids(t for t in checkpointer.list(None, filter=query))
         latest = [checkpointer.get_tuple(_config(t)) for t in threads]
+        histories = [
+            checkpointer.get_delta_channel_history(config=saved.config, channels=_LISTS)
+            if saved is not None and _finished(saved)
+            else {}
+            for saved in latest
+        ]
     except (asyncio.InvalidStateError, NotImplementedError) as exc:
         raise TypeError(
             f"{type(checkpointer).__name__} cannot be read synchronously here ({exc}); "
             "use `await aread_traces(checkpointer, run_id)` from its event loop."
         ) from exc
-    return _collect(run_id, threads, latest)
+    return _collect(run_id, threads, latest, histories)
 
 
 async def aread_traces(
@@ -123,7 +138,13 @@ async def aread_traces(
     query = _query(run_id, filter)
     threads = _thread_ids([t async for t in checkpointer.alist(None, filter=query)])
     latest = [await checkpointer.aget_tuple(_config(t)) for t in threads]
-    return _collect(run_id, threads, latest)
+    histories = [
+        await checkpointer.aget_delta_channel_history(config=saved.config, channels=_LISTS)
+        if saved is not None and _finished(saved)
+        else {}
+        for saved in latest
+    ]
+    return _collect(run_id, threads, latest, histories)
 
 
 def read_traces_sqlite(
@@ -161,16 +182,27 @@ def _config(thread_id: str) -> Any:
     return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
 
 
-def _collect(run_id: str, threads: list[str], latest: list[CheckpointTuple | None]) -> RunTraces:
+def _finished(saved: CheckpointTuple) -> bool:
+    return "consensus" in saved.checkpoint["channel_values"]
+
+
+def _collect(
+    run_id: str,
+    threads: list[str],
+    latest: list[CheckpointTuple | None],
+    histories: list[Mapping[str, Any]],
+) -> RunTraces:
     traces: list[DebateTrace] = []
     unfinished: list[UnfinishedThread] = []
-    for thread, saved in zip(threads, latest, strict=True):
+    for thread, saved, history in zip(threads, latest, histories, strict=True):
         if saved is None:  # deleted between list and get
             continue
         values = saved.checkpoint["channel_values"]
-        metadata: dict[str, Any] = dict(saved.metadata)
+        metadata: dict[str, Any] = {
+            k: v for k, v in saved.metadata.items() if k not in _STORAGE_METADATA
+        }
         problem_id = str(values.get("problem_id", metadata.get("problem_id", thread)))
-        if "consensus" not in values:
+        if not _finished(saved):
             unfinished.append(
                 UnfinishedThread(thread, problem_id, metadata.get("step"), _error(saved))
             )
@@ -185,22 +217,32 @@ def _collect(run_id: str, threads: list[str], latest: list[CheckpointTuple | Non
                 consensus=values["consensus"],
                 consensus_fraction=float(values.get("consensus_fraction", 0.0)),
                 correct=values.get("correct"),
-                responses=_responses(values, "responses", thread),
-                summaries=_responses(values, "summaries", thread),
+                responses=_responses(values, history, "responses", thread),
+                summaries=_responses(values, history, "summaries", thread),
                 metadata=metadata,
             )
         )
     return RunTraces(run_id, traces, unfinished)
 
 
-def _responses(values: Mapping[str, Any], key: str, thread: str) -> list[Response]:
-    found = values.get(key, [])
-    if not isinstance(found, list):  # e.g. a DeltaChannel snapshot instead of the full list
+def _responses(
+    values: Mapping[str, Any], history: Mapping[str, Any], key: str, thread: str
+) -> list[Response]:
+    """The whole list of ``key``: stored in the checkpoint itself, or rebuilt from its history."""
+    if key in values:  # the whole list (or a snapshot of it) is stored here
+        seed, writes = values[key], []
+    else:
+        found = history.get(key, {})
+        seed, writes = found.get("seed"), found.get("writes", [])
+    channel = responses_channel().from_checkpoint(seed)
+    channel.replay_writes(writes)
+    rebuilt = channel.get()
+    if not isinstance(rebuilt, list):
         raise TypeError(
-            f"thread {thread!r}: channel {key!r} holds {type(found).__name__}, not the list of "
-            "responses this reader expects; was the debate state changed?"
+            f"thread {thread!r}: channel {key!r} rebuilds to {type(rebuilt).__name__}, not the "
+            "list of responses this reader expects; was the debate state changed?"
         )
-    return [Response(**r) for r in found]  # type: ignore[typeddict-item]
+    return [Response(**r) for r in rebuilt]  # type: ignore[typeddict-item]
 
 
 def _error(saved: CheckpointTuple) -> str | None:

@@ -2,6 +2,8 @@
 
 Every model call is its own graph task (fanned out with ``Send``), so a checkpointer saves
 each answer the moment it arrives and a killed run never pays for a finished call twice.
+A ``Send`` carries only whose turn it is; the node reads the state it needs from the graph's
+channels (see :class:`AgentTurn` for why).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from mafl_graph.debate.state import (
     AgentTurn,
     ChatTurn,
     DebateState,
-    Response,
+    ResponseDelta,
     Role,
     completed_round,
     latest_responses,
@@ -32,16 +34,31 @@ from mafl_graph.redact import scrub_exception
 from mafl_graph.society import Society
 from mafl_graph.tasks.base import Problem, Task, grade_answer
 
+try:  # reads the channels from inside a node reached by Send (LangGraph's own edges use it)
+    from langgraph.pregel._read import ChannelRead
+except ImportError:  # pragma: no cover - depends on the installed langgraph
+    ChannelRead = None  # type: ignore[assignment,misc]
+
+_STATE_KEYS = ["problem_id", "question", "reference", "responses", "summaries"]
+
 
 @dataclass(frozen=True)
 class _Call:
     """One planned model call: who makes it, with what messages."""
 
     model: BaseChatModel
-    messages: list[ChatTurn]
+    history: list[ChatTurn]
+    """The agent's conversation so far (its round-``follows`` messages and reply), or none."""
+    prompt: list[ChatTurn]
     role: Role
     agent: int
     round: int
+    problem_id: str
+    follows: int | None = None
+
+    @property
+    def messages(self) -> list[ChatTurn]:
+        return self.history + self.prompt
 
 
 class DebateNodes:
@@ -85,57 +102,77 @@ class DebateNodes:
 
     @staticmethod
     def _turn(node: str, state: DebateState, agent: int, round_: int) -> Send:
-        return Send(node, AgentTurn(state=state, agent=agent, round=round_))
+        if ChannelRead is None:  # the node cannot read the channels: it gets the state
+            return Send(node, AgentTurn(agent=agent, round=round_, state=state))
+        return Send(node, AgentTurn(agent=agent, round=round_))
 
     # Planning the model calls ----------------------------------------------------------
 
-    def _plan_generate(self, turn: AgentTurn) -> _Call:
-        state, agent = turn["state"], turn["agent"]
+    def _plan_generate(self, turn: AgentTurn, state: DebateState) -> _Call:
+        agent = turn["agent"]
         problem = Problem(state["problem_id"], state["question"], state.get("reference"))
         prompt = self.task.question_prompt(problem)
         return _Call(
             model=self.society.agents[agent].generator,
-            messages=[ChatTurn(role="user", content=prompt)],
+            history=[],
+            prompt=[ChatTurn(role="user", content=prompt)],
             role="generator",
             agent=agent,
             round=1,
+            problem_id=state["problem_id"],
         )
 
-    def _plan_summary(self, turn: AgentTurn) -> _Call:
-        others = self._others(turn)
+    def _plan_summary(self, turn: AgentTurn, state: DebateState) -> _Call:
+        others = self._others(turn, state)
         prompt = self.prompts.summarize.format_messages(
             answers=format_answers(self.prompts, others)
         )
         return _Call(
             model=self.society.summarizer,
-            messages=_to_turns(prompt),
+            history=[],
+            prompt=_to_turns(prompt),
             role="summarizer",
             agent=turn["agent"],
             round=turn["round"],
+            problem_id=state["problem_id"],
         )
 
-    def _plan_critique(self, turn: AgentTurn) -> _Call:
+    def _plan_critique(self, turn: AgentTurn, state: DebateState) -> _Call:
         agent, round_ = turn["agent"], turn["round"]
-        own = next(r for r in latest_responses(turn["state"], round_ - 1) if r["agent"] == agent)
-        summary = turn.get("summary")
+        own = next(r for r in latest_responses(state, round_ - 1) if r["agent"] == agent)
+        summary = self._summary(turn, state)
         if summary is not None:
             prompt = self.prompts.debate_with_summary.format_messages(summary=summary)
         else:
-            answers = format_answers(self.prompts, self._others(turn))
+            answers = format_answers(self.prompts, self._others(turn, state))
             prompt = self.prompts.debate.format_messages(answers=answers)
-        history = [*own["messages"], ChatTurn(role="assistant", content=own["text"])]
         return _Call(
             model=self.society.agents[agent].critic,
-            messages=history + _to_turns(prompt),
+            history=[*own["messages"], ChatTurn(role="assistant", content=own["text"])],
+            prompt=_to_turns(prompt),
             role="critic",
             agent=agent,
             round=round_,
+            problem_id=state["problem_id"],
+            follows=round_ - 1,
+        )
+
+    def _summary(self, turn: AgentTurn, state: DebateState) -> str | None:
+        """The summary this agent's critique is given, if the debate summarizes."""
+        if "state" in turn:  # a turn that carries its state carries its summary too
+            return turn.get("summary")
+        if not self.summarize_answers:
+            return None
+        return next(
+            s["text"]
+            for s in state.get("summaries", [])
+            if s["agent"] == turn["agent"] and s["round"] == turn["round"]
         )
 
     @staticmethod
-    def _others(turn: AgentTurn) -> list[str]:
+    def _others(turn: AgentTurn, state: DebateState) -> list[str]:
         """The other agents' latest answers; an agent never sees its own answer as advice."""
-        previous = latest_responses(turn["state"], turn["round"] - 1)
+        previous = latest_responses(state, turn["round"] - 1)
         return [r["text"] for r in previous if r["agent"] != turn["agent"]]
 
     # Making the calls ------------------------------------------------------------------
@@ -143,26 +180,24 @@ class DebateNodes:
     def _model_node(
         self,
         name: str,
-        plan: Callable[[AgentTurn], _Call],
-        finish: Callable[[AgentTurn, Response], Any],
+        plan: Callable[[AgentTurn, DebateState], _Call],
+        finish: Callable[[AgentTurn, ResponseDelta], Any],
     ) -> Runnable:
         """A node that makes one planned call, runnable both sync and async."""
 
         def run(turn: AgentTurn, config: RunnableConfig) -> Any:
-            call = plan(turn)
+            call = plan(turn, _state(turn, config))
             try:
-                reply = call.model.invoke(_as_input(call), self._call_config(call, turn, config))
+                reply = call.model.invoke(_as_input(call), self._call_config(call, config))
             except Exception as exc:  # LangGraph records it in the checkpoint: no keys there
                 scrub_exception(exc)
                 raise
             return finish(turn, self._response(call, reply))
 
         async def arun(turn: AgentTurn, config: RunnableConfig) -> Any:
-            call = plan(turn)
+            call = plan(turn, _state(turn, config))
             try:
-                reply = await call.model.ainvoke(
-                    _as_input(call), self._call_config(call, turn, config)
-                )
+                reply = await call.model.ainvoke(_as_input(call), self._call_config(call, config))
             except Exception as exc:
                 scrub_exception(exc)
                 raise
@@ -170,14 +205,14 @@ class DebateNodes:
 
         return _node_runnable(run, arun, name)
 
-    def _call_config(self, call: _Call, turn: AgentTurn, config: RunnableConfig) -> RunnableConfig:
+    def _call_config(self, call: _Call, config: RunnableConfig) -> RunnableConfig:
         """LangSmith-ready name, tags and metadata for one model call."""
         inherited = config.get("metadata") or {}
         metadata = {
             "agent": call.agent,
             "role": call.role,
             "round": call.round,
-            "problem_id": turn["state"]["problem_id"],
+            "problem_id": call.problem_id,
             # The agent's next round appends this reply to these messages (see _plan_critique).
             CONTINUED_KEY: call.role != "summarizer" and call.round < self.rounds,
         }
@@ -187,7 +222,8 @@ class DebateNodes:
         run_name = "summarizer" if call.role == "summarizer" else f"{call.role}[{call.agent}]"
         return merge_configs(config, {"run_name": run_name, "tags": tags, "metadata": metadata})
 
-    def _response(self, call: _Call, reply: BaseMessage) -> Response:
+    def _response(self, call: _Call, reply: BaseMessage) -> ResponseDelta:
+        """The call's response as the state stores it: its new turns, not its history."""
         text = reply.text if isinstance(reply.text, str) else str(reply.content)
         if not text.strip():
             # Nothing to grade and nothing to debate: the others would be shown a blank answer.
@@ -197,15 +233,17 @@ class DebateNodes:
                 f"{call.round}) returned an empty reply"
             )
         answer = None if call.role == "summarizer" else self.task.extract_answer(text)
-        response = Response(
+        response = ResponseDelta(
             agent=call.agent,
             role=call.role,
             round=call.round,
-            messages=call.messages,
+            prompt=call.prompt,
             text=text,
             answer=answer,
             model=model_label(call.model),
         )
+        if call.follows is not None:
+            response["follows"] = call.follows
         usage = getattr(reply, "usage_metadata", None)
         if usage:
             response["tokens"] = int(usage.get("total_tokens", 0))
@@ -255,15 +293,23 @@ def _node_runnable(run: Callable[..., Any], arun: Callable[..., Any], name: str)
     return RunnableCallable(run, arun, name=name)
 
 
-def _append_response(turn: AgentTurn, response: Response) -> dict[str, list[Response]]:
+def _state(turn: AgentTurn, config: RunnableConfig) -> DebateState:
+    """The debate state as of this node's step: read from the channels, or carried by the turn."""
+    if "state" in turn:
+        return turn["state"]
+    return ChannelRead.do_read(config, select=_STATE_KEYS)  # type: ignore[no-any-return]
+
+
+def _append_response(turn: AgentTurn, response: ResponseDelta) -> dict[str, list[ResponseDelta]]:
     return {"responses": [response]}
 
 
-def _forward_summary(turn: AgentTurn, summary: Response) -> Command[Any]:
-    """Record the summary and hand it straight to the same agent's critique."""
-    critique = AgentTurn(
-        state=turn["state"], agent=turn["agent"], round=turn["round"], summary=summary["text"]
-    )
+def _forward_summary(turn: AgentTurn, summary: ResponseDelta) -> Command[Any]:
+    """Record the summary and hand it straight to the same agent's critique, which reads it
+    from the state (the summary is in it by the critique's step)."""
+    critique = AgentTurn(agent=turn["agent"], round=turn["round"])
+    if "state" in turn:
+        critique["state"], critique["summary"] = turn["state"], summary["text"]
     return Command(update={"summaries": [summary]}, goto=Send("critique", critique))
 
 
