@@ -13,6 +13,7 @@ import asyncio
 import json
 import shutil
 import sqlite3
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -248,3 +249,42 @@ def test_a_response_that_continues_a_missing_one_is_a_clear_error() -> None:
     }
     with pytest.raises(ValueError, match="round-1 response, which the checkpoint does not hold"):
         add_responses([], [[orphan]])  # type: ignore[list-item]
+
+
+def test_a_run_estimated_above_the_limit_warns_naming_what_drives_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mafl_graph.debate.size import CheckpointSizeWarning, DebateShape, estimate_debate_bytes
+    from mafl_graph.tasks.base import Problem
+
+    task = EchoTask(["1"])
+    # The estimate is of the order of what the benchmark measures (8.3 MB, 600-character replies).
+    estimate = estimate_debate_bytes(DebateShape(27, 16, True, task), 250, reply_chars=600)
+    assert 6e6 < estimate.total < 11e6 and estimate.driver == "agents"
+
+    def run(rounds: int, agents: int, question: str) -> list[str]:
+        graph = create_debate_graph(society(agents), task, rounds=rounds)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run_debates(
+                graph,
+                [Problem("p", question, "1")],
+                run_id=f"{rounds}-{agents}-{len(question)}",
+                db_path=tmp_path / "d.sqlite",
+                progress=False,
+            )
+        return [str(w.message) for w in caught if w.category is CheckpointSizeWarning]
+
+    monkeypatch.setenv("MAFL_CHECKPOINT_WARN_MB", "0.5")
+    assert run(2, 3, "q") == []
+    [agents] = run(2, 30, "q")
+    assert "--agents" in agents and "0.5 MB limit set by $MAFL_CHECKPOINT_WARN_MB" in agents
+    [rounds] = run(60, 2, "q")
+    assert "each of the 60 rounds" in rounds and "--rounds" in rounds
+    [question] = run(1, 2, "q" * 200_000)
+    assert "question of problem 'p' (200,000 characters)" in question
+    monkeypatch.setenv("MAFL_CHECKPOINT_WARN_MB", "0")  # off
+    assert run(60, 2, "q") == []
+    monkeypatch.setenv("MAFL_CHECKPOINT_WARN_MB", "lots")
+    with pytest.raises(ValueError, match=r"\$MAFL_CHECKPOINT_WARN_MB must be a number"):
+        run(2, 3, "q")

@@ -15,6 +15,7 @@ from langgraph.types import RetryPolicy
 
 from mafl_graph.debate.nodes import DebateNodes
 from mafl_graph.debate.prompts import DebatePrompts
+from mafl_graph.debate.size import DebateShape
 from mafl_graph.debate.state import DebateInput, DebateState
 from mafl_graph.models import is_transient
 from mafl_graph.society import Society
@@ -99,4 +100,5 @@ def create_debate_graph(
     builder.add_edge("generate", "next_round")
     builder.add_edge("critique", "next_round")
     builder.add_edge("vote", END)
+    builder.debate_shape = DebateShape(len(society), rounds, summarize, task)  # type: ignore[attr-defined]
     return builder

@@ -24,6 +24,7 @@ from langgraph.graph.state import CompiledStateGraph
 from tqdm.auto import tqdm
 
 from mafl_graph.debate.saver import InlineSqliteSaver
+from mafl_graph.debate.size import check_size
 from mafl_graph.debate.state import DebateInput, Response
 from mafl_graph.redact import check_no_secrets, redact
 from mafl_graph.tasks.base import Problem
@@ -148,6 +149,8 @@ async def arun_debates(
     ``callbacks``: LangChain callback handlers (a LangSmith tracer, a cost counter, …).
     A debate that raises is reported with ``error`` set, never as correct; the others finish.
     A damaged SQLite file raises :class:`CheckpointError` before anything is written to it.
+    A debate estimated to store more than ``$MAFL_CHECKPOINT_WARN_MB`` (default 100) MB of
+    checkpoints gives a :class:`~mafl_graph.debate.size.CheckpointSizeWarning` first.
     """
     if max_concurrency < 1:
         raise ValueError(f"max_concurrency must be at least 1; got {max_concurrency}.")
@@ -156,6 +159,9 @@ async def arun_debates(
         raise ValueError("Problem ids must be unique within a run; got duplicates.")
     # Metadata is copied into every checkpoint and every traced call: a key must not ride along.
     check_no_secrets(dict(metadata or {}), "metadata")
+    builder = graph.builder if isinstance(graph, CompiledStateGraph) else graph
+    if (shape := getattr(builder, "debate_shape", None)) is not None:
+        check_size(shape, problems)
     async with _saver(graph, checkpointer, db_path, run_id) as compiled:
         limit = asyncio.Semaphore(max_concurrency)
         # Debates start one at a time: each waits until the one before it has started its first
