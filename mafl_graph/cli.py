@@ -669,13 +669,20 @@ def _loop_setup(
     }
     if backend == "local":
         model_options = {k: v for k, v in model_options.items() if k not in client}
-    society = Society.from_model(o.model, o.agents, **model_options)
+    serving: dict[str, Any] = {}
+    if backend == "vertex" and o.project:
+        # Tuned Gemini is served by Vertex AI: the base model is too, from the same project
+        # and location, so every iteration is one service with one set of credentials.
+        serving = {"vertexai": True, "project": o.project, "location": o.location}
+    society = Society.from_model(o.model, o.agents, **model_options, **serving)
     settings: dict[str, Any] = {
         "model": o.model,
         "task_options": task_options,
         "temperature": o.temperature,
         "max_tokens": o.max_tokens,
     }
+    if serving:
+        settings["serving"] = serving
     if backend == "local":
         config: Any = LocalTuneConfig(
             **(
@@ -1008,6 +1015,7 @@ def _loop_from_manifest(
         low=task_options.get("low"),
         high=task_options.get("high"),
         operators=task_options.get("operators"),
+        **{k: v for k, v in settings.get("serving", {}).items() if k != "vertexai"},
         **dict(client or {}),
     )
     society, the_task, tuner, _ = _loop_setup(options, tune=settings.get("tune"))
