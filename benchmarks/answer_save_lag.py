@@ -5,12 +5,14 @@ so this lag is what a kill can cost. The real CLI runs in its own process agains
 OpenAI server of the tests (``tests/fault_server.py``, 15% of requests answered 429); each
 successful answer's send time is taken from the server, and the client process logs, by the
 same monotonic clock, when the debate node held the reply and when the checkpointer had
-written it. Run idle and under CPU load (``--load`` busy processes beside the client on the
-same cores), in one run:
+written it: with the reply journal (each reply written in the node, as ``mafl`` runs) and
+without it (only LangGraph's own write after the node returns). Idle and under CPU load
+(``--load`` busy processes beside the client on the same cores), in one run:
 
     python benchmarks/answer_save_lag.py [--problems 24] [--load 0 4]
 
-Prints, per load, the lag percentiles in milliseconds for "reply in the node" and "written".
+Prints, per load and mode, the lag percentiles in milliseconds for "reply in the node" and
+"first written to disk".
 """
 
 from __future__ import annotations
@@ -49,8 +51,17 @@ def probed_put_writes(self, config, writes, task_id, task_path=""):
             if isinstance(item, dict) and "text" in item:
                 log.write(json.dumps(["saved", now, item["text"]]) + "\n")
 saver.InlineSqliteSaver.put_writes = probed_put_writes
+from mafl_graph.debate import journal
+if sys.argv[2] == "journal":
+    put = journal.ReplyJournal.put
+    def probed_put(self, thread, call, reply):
+        put(self, thread, call, reply)
+        log.write(json.dumps(["saved", time.monotonic(), reply.text]) + "\n")
+    journal.ReplyJournal.put = probed_put
+else:  # as without the journal: only LangGraph's own writes save a reply
+    nodes._Journaled.of = classmethod(lambda cls, *args: None)
 from mafl_graph.cli import app
-app(sys.argv[2:])
+app(sys.argv[3:])
 """
 
 
@@ -60,7 +71,7 @@ def busy(seconds: float) -> None:
         pass
 
 
-def measure(problems: int, load: int) -> dict[str, list[float]]:
+def measure(problems: int, load: int, mode: str) -> dict[str, list[float]]:
     server = FaultServer(answer=arithmetic_answer, rate=0.15, kinds=("429",), seed=5, delay=0.02)
     hogs = [multiprocessing.Process(target=busy, args=(600,)) for _ in range(load)]
     for hog in hogs:
@@ -75,7 +86,7 @@ def measure(problems: int, load: int) -> dict[str, list[float]]:
             ]  # fmt: skip
             env = {**os.environ, "OPENAI_API_KEY": "sk-bench-0123456789", "OPENAI_BASE_URL": s.url}
             subprocess.run(
-                [sys.executable, "-c", CLIENT, str(log), *args],
+                [sys.executable, "-c", CLIENT, str(log), mode, *args],
                 env=env,
                 check=True,
                 capture_output=True,
@@ -115,10 +126,11 @@ def main() -> None:
     args = parser.parse_args()
     print(f"cores: {os.cpu_count()}; lag after the server sent each answer, in ms")
     for load in args.load:
-        lags = measure(args.problems, load)
-        print(f"load {load} busy processes, {len(lags['saved'])} answers")
-        print(f"  reply in the debate node: {percentiles(lags['node'])}")
-        print(f"  written to the checkpoint: {percentiles(lags['saved'])}")
+        for mode in ("journal", "graph-only"):
+            lags = measure(args.problems, load, mode)
+            print(f"load {load} busy processes, {mode}, {len(lags['saved'])} answers")
+            print(f"  reply in the debate node: {percentiles(lags['node'])}")
+            print(f"  first written to disk:    {percentiles(lags['saved'])}")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,18 @@
 """A debate run in its own process, so a test can SIGKILL it mid-way and resume it.
 
-usage: python debate_worker.py DB LOG N_PROBLEMS [DIE_AT_CALL]
+usage: python debate_worker.py DB LOG N_PROBLEMS [DIE_AT_CALL] [DIE_AT_WRITE [no-journal]]
 Prints one JSON line per problem: id, consensus, correct.
+
+DIE_AT_WRITE: SIGKILL as LangGraph is about to save the DIE_AT_WRITE-th model answer, i.e.
+after the model answered and the node returned, before the checkpoint holds the answer.
+"no-journal": the same, with the runner's reply journal switched off (for comparison).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 
 from fakes import EchoTask, ScriptedModel
@@ -18,9 +24,32 @@ def reply(messages) -> str:
     return f"\\boxed{{{sum(len(m.text) for m in messages) % 3}}}"
 
 
+def die_at_write(k: int) -> None:
+    from mafl_graph.debate.saver import InlineSqliteSaver
+
+    written = 0
+    put_writes = InlineSqliteSaver.put_writes
+
+    def dying_put_writes(self, config, writes, task_id, task_path=""):  # type: ignore[no-untyped-def]
+        nonlocal written
+        if any(channel == "responses" for channel, _ in writes):
+            written += 1
+            if written >= k:
+                os.kill(os.getpid(), signal.SIGKILL)
+        put_writes(self, config, writes, task_id, task_path)
+
+    InlineSqliteSaver.put_writes = dying_put_writes  # type: ignore[method-assign]
+
+
 def main() -> None:
     db, log, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    die = int(sys.argv[4]) if len(sys.argv) > 4 else None
+    die = int(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[4] != "0" else None
+    if len(sys.argv) > 5:
+        die_at_write(int(sys.argv[5]))
+    if len(sys.argv) > 6 and sys.argv[6] == "no-journal":
+        from mafl_graph.debate import nodes
+
+        nodes._Journaled.of = classmethod(lambda cls, *args: None)  # type: ignore[assignment]
     model = ScriptedModel(reply=reply, delay=0.02, log_path=log, die_at_call=die)
     task = EchoTask([str(i % 3) for i in range(n)])
     graph = create_debate_graph(Society.from_model(model, n_agents=3), task, rounds=2)

@@ -149,7 +149,8 @@ def test_a_killed_debate_resumes_to_the_same_results(
 
 
 def checkpoint_contents(run_dir: Path, scratch: Path) -> bytes:
-    """Every checkpoint and saved write of the run, as SQLite recovers them after the kill.
+    """Every checkpoint, saved write and journaled reply of the run, as SQLite recovers them
+    after the kill.
 
     Read from a copy (database and write-ahead log), so the run directory stays as the kill
     left it; SQLite's recovery drops a transaction that was not committed when the process
@@ -162,7 +163,8 @@ def checkpoint_contents(run_dir: Path, scratch: Path) -> bytes:
     conn = sqlite3.connect(scratch / "debates.sqlite")
     try:
         rows = conn.execute(
-            "SELECT checkpoint FROM checkpoints UNION ALL SELECT value FROM writes"
+            "SELECT checkpoint FROM checkpoints UNION ALL SELECT value FROM writes "
+            "UNION ALL SELECT reply FROM mafl_replies"
         ).fetchall()
     finally:
         conn.close()

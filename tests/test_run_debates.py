@@ -18,14 +18,16 @@ HERE = Path(__file__).parent
 CALLS_PER_PROBLEM = 3 + 3 + 3  # generators, summaries, critics
 
 
-def worker(tmp_path: Path, n: int, die_at: int | None = None) -> subprocess.CompletedProcess:
+def worker(
+    tmp_path: Path, n: int, die_at: int | None = None, *more: str
+) -> subprocess.CompletedProcess:
     args = [
         sys.executable,
         str(HERE / "debate_worker.py"),
         str(tmp_path / "d.sqlite"),
         str(tmp_path / "calls.log"),
         str(n),
-    ] + ([str(die_at)] if die_at else [])
+    ] + ([str(die_at or 0), *more] if die_at or more else [])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])}
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
 
@@ -162,3 +164,30 @@ def test_debates_start_one_at_a_time(tmp_path: Path) -> None:
     )
     assert all(r.correct for r in results)
     assert started_before_first_call[0] <= 3
+
+
+@pytest.mark.parametrize("journal", [True, False], ids=["journal", "no-journal"])
+def test_an_answer_killed_before_its_checkpoint_write_is_not_asked_again(
+    tmp_path: Path, journal: bool
+) -> None:
+    """The crash where it hurts most: the model has answered and the node has returned, and
+    the process dies as LangGraph is about to save the answer. The reply journal already holds
+    it, so the resumed run asks 0 calls twice; without the journal (the control) it asks again.
+    """
+    for k in (1, 5):  # the first answer of a debate, and one of round 2
+        run = tmp_path / f"kill-at-write-{k}"
+        run.mkdir()
+        mode = [] if journal else ["no-journal"]
+        killed = worker(run, 2, None, str(k), *mode)
+        assert killed.returncode == -9, killed.stderr
+        answered = logged_calls(run)
+        assert answered >= k
+        resumed = worker(run, 2, None, "1000000", *mode)
+        assert resumed.returncode == 0, resumed.stderr
+        repeated = logged_calls(run) - 2 * CALLS_PER_PROBLEM
+        if journal:
+            assert repeated == 0, (k, answered)
+            with sqlite3.connect(run / "d.sqlite") as conn:  # finished debates forget theirs
+                assert conn.execute("SELECT count(*) FROM mafl_replies").fetchone() == (0,)
+        else:
+            assert repeated >= 1, (k, answered)

@@ -18,6 +18,7 @@ from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from langchain_core.runnables.config import merge_configs
 from langgraph.types import Command, Send
 
+from mafl_graph.debate.journal import JOURNAL_KEY, ReplyJournal
 from mafl_graph.debate.prompts import DebatePrompts, format_answers
 from mafl_graph.debate.state import (
     AgentTurn,
@@ -187,23 +188,43 @@ class DebateNodes:
 
         def run(turn: AgentTurn, config: RunnableConfig) -> Any:
             call = plan(turn, _state(turn, config))
+            sent = _as_input(call)
+            journal = _Journaled.of(call, sent, config)
+            kept = journal.reply() if journal else None
             try:
-                reply = call.model.invoke(_as_input(call), self._call_config(call, config))
+                reply = kept or call.model.invoke(sent, self._call_config(call, config))
             except Exception as exc:  # LangGraph records it in the checkpoint: no keys there
                 scrub_exception(exc)
                 raise
-            return finish(turn, self._response(call, reply))
+            return finish(turn, self._accepted(call, reply, journal, kept))
 
         async def arun(turn: AgentTurn, config: RunnableConfig) -> Any:
             call = plan(turn, _state(turn, config))
+            sent = _as_input(call)
+            journal = _Journaled.of(call, sent, config)
+            kept = journal.reply() if journal else None
             try:
-                reply = await call.model.ainvoke(_as_input(call), self._call_config(call, config))
+                reply = kept or await call.model.ainvoke(sent, self._call_config(call, config))
             except Exception as exc:
                 scrub_exception(exc)
                 raise
-            return finish(turn, self._response(call, reply))
+            return finish(turn, self._accepted(call, reply, journal, kept))
 
         return _node_runnable(run, arun, name)
+
+    def _accepted(
+        self,
+        call: _Call,
+        reply: BaseMessage,
+        journal: _Journaled | None,
+        kept: BaseMessage | None,
+    ) -> ResponseDelta:
+        """The reply as a response, journaled first if it is new (an empty reply raises here,
+        and is retried, before anything keeps it)."""
+        response = self._response(call, reply)
+        if journal is not None and kept is None:
+            journal.keep(reply)
+        return response
 
     def _call_config(self, call: _Call, config: RunnableConfig) -> RunnableConfig:
         """LangSmith-ready name, tags and metadata for one model call."""
@@ -276,6 +297,32 @@ class DebateNodes:
             "correct": correct,
             "undecided": undecided,
         }
+
+
+@dataclass(frozen=True)
+class _Journaled:
+    """One call's place in the run's reply journal (see :mod:`mafl_graph.debate.journal`)."""
+
+    journal: ReplyJournal
+    thread: str
+    key: str
+
+    @classmethod
+    def of(
+        cls, call: _Call, sent: list[dict[str, Any]], config: RunnableConfig
+    ) -> _Journaled | None:
+        configurable = config.get("configurable") or {}
+        journal = configurable.get(JOURNAL_KEY)
+        if not isinstance(journal, ReplyJournal):
+            return None
+        key = ReplyJournal.call_key(call.role, call.agent, call.round, sent)
+        return cls(journal, str(configurable.get("thread_id")), key)
+
+    def reply(self) -> BaseMessage | None:
+        return self.journal.get(self.thread, self.key)
+
+    def keep(self, reply: BaseMessage) -> None:
+        self.journal.put(self.thread, self.key, reply)
 
 
 def _node_runnable(run: Callable[..., Any], arun: Callable[..., Any], name: str) -> Runnable:

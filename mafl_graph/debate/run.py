@@ -23,6 +23,8 @@ from langgraph.graph import StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from tqdm.auto import tqdm
 
+from mafl_graph.debate.journal import JOURNAL_KEY, ReplyJournal
+from mafl_graph.debate.journal import TABLE as JOURNAL_TABLE
 from mafl_graph.debate.saver import InlineSqliteSaver
 from mafl_graph.debate.size import check_size
 from mafl_graph.debate.state import DebateInput, Response
@@ -162,7 +164,7 @@ async def arun_debates(
     builder = graph.builder if isinstance(graph, CompiledStateGraph) else graph
     if (shape := getattr(builder, "debate_shape", None)) is not None:
         check_size(shape, problems)
-    async with _saver(graph, checkpointer, db_path, run_id) as compiled:
+    async with _saver(graph, checkpointer, db_path, run_id) as (compiled, journal):
         limit = asyncio.Semaphore(max_concurrency)
         # Debates start one at a time: each waits until the one before it has started its first
         # model calls. Started all at once, the first max_concurrency debates set up in lockstep
@@ -178,7 +180,15 @@ async def arun_debates(
                 started = asyncio.Event()
                 async with starting:
                     debate = asyncio.ensure_future(
-                        _debate(compiled, problem, run_id, dict(metadata or {}), callbacks, started)
+                        _debate(
+                            compiled,
+                            problem,
+                            run_id,
+                            dict(metadata or {}),
+                            callbacks,
+                            started,
+                            journal,
+                        )
                     )
                     try:
                         await _until_set(started, debate)
@@ -249,19 +259,22 @@ async def _debate(
     metadata: dict[str, Any],
     callbacks: Callbacks,
     started: asyncio.Event,
+    journal: ReplyJournal | None = None,
 ) -> DebateResult:
     """Debate ``problem`` to the end, or resume it; ``started`` is set when its first model
-    calls start (or, for a finished debate, never)."""
+    calls start (or, for a finished debate, never). ``journal``: where the model nodes write
+    each reply as it arrives (see :mod:`mafl_graph.debate.journal`)."""
+    thread = thread_id(run_id, problem.id)
     config: Any = {
-        "configurable": {"thread_id": thread_id(run_id, problem.id)},
+        "configurable": {"thread_id": thread, **({JOURNAL_KEY: journal} if journal else {})},
         "metadata": {**metadata, RUN_KEY: run_id, "problem_id": problem.id},
         "callbacks": callbacks,
     }
     snapshot = await graph.aget_state(config)
     saved = snapshot.values
     # A process killed right after saving the input leaves a state without the question (only
-    # the reducers' empty lists): that debate has not started, and resumes below.
-    if "question" in saved and saved["question"] != problem.question:
+    # the delta channels' empty values): that debate has not started, and resumes below.
+    if saved.get("question") and saved["question"] != problem.question:
         raise ValueError(
             f"Run {run_id!r} already holds a different question under problem id "
             f"{problem.id!r}; use a new run_id (or run directory) for a different problem set."
@@ -279,6 +292,8 @@ async def _debate(
             saved = await _run_graph(graph, None, config, started)
     except Exception as exc:  # one bad problem must not sink the run
         return DebateResult(problem.id, problem.question, problem.answer, error=_describe(exc))
+    if journal is not None:
+        journal.forget(thread)
     return DebateResult(
         problem_id=problem.id,
         question=problem.question,
@@ -313,14 +328,15 @@ async def _saver(
     checkpointer: BaseCheckpointSaver | None,
     db_path: str | Path | None,
     run_id: str,
-) -> AsyncIterator[CompiledStateGraph]:
+) -> AsyncIterator[tuple[CompiledStateGraph, ReplyJournal | None]]:
+    """The graph compiled with its checkpointer, and the reply journal where it is ours."""
     if isinstance(graph, CompiledStateGraph):
         if graph.checkpointer not in (None, False, True) and checkpointer is None:
-            yield graph
+            yield graph, None
             return
         graph = graph.builder
     if checkpointer is not None:
-        yield graph.compile(checkpointer=checkpointer)
+        yield graph.compile(checkpointer=checkpointer), None
         return
     path = Path(db_path) if db_path is not None else Path("runs") / run_id / "debates.sqlite"
     check_checkpoint_file(path)
@@ -331,7 +347,8 @@ async def _saver(
         # what resuming needs; FULL would also fsync on every saved answer, and that fsync was
         # most of the runner's overhead (benchmarks/orchestration_overhead.py).
         conn.execute("PRAGMA synchronous=NORMAL")
-        yield graph.compile(checkpointer=InlineSqliteSaver(conn))
+        saver = InlineSqliteSaver(conn)
+        yield graph.compile(checkpointer=saver), ReplyJournal(conn, saver.lock)
     finally:
         conn.close()
 
@@ -344,6 +361,7 @@ class CheckpointError(ValueError):
 _SAVER_TABLES = {
     "checkpoints": {"thread_id", "checkpoint_ns", "checkpoint_id", "checkpoint", "metadata"},
     "writes": {"thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx", "channel"},
+    JOURNAL_TABLE: {"thread_id", "call", "type", "reply"},
 }
 
 
