@@ -6,8 +6,14 @@ loop that tunes the right models on the right data visibly improves, and one tha
 does not. Fine-tuning: files and jobs that succeed at once, naming the tuned model after the
 job's base model, suffix and id, so a test can see which model each iteration continued from.
 
+Files and jobs are listed as the API lists them (``GET /v1/files?purpose=``, ``GET
+/v1/fine_tuning/jobs?metadata[k]=v``, newest first, in pages with ``has_more`` and ``after``).
+
 Every request is logged; ``kill_at`` SIGKILLs a worker process when a chosen request arrives
 (it and every later request go unanswered), to test resumption at that exact point.
+``kill_after`` instead answers the k-th upload or job creation (the file or job exists) and
+kills the worker as the answer goes out: the crash between the provider's answer and the
+client's record of it.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from fake_http import Call
 
@@ -33,12 +40,17 @@ class OpenAIWorld:
     chats: list[str] = field(default_factory=list)
     """Key (model, messages, seed) of every chat request that was answered."""
     jobs: list[dict[str, Any]] = field(default_factory=list)
+    files: list[dict[str, Any]] = field(default_factory=list)
     uploads: int = 0
     requests: int = 0
     kill_at: int | None = None
     """SIGKILL ``pid`` when request number ``kill_at`` (1-based, any route) arrives."""
     pid: int | None = None
     grace: float = 0.5
+    kill_after: tuple[str, int] | None = None
+    """("upload" | "job", k): answer the k-th of those creations, and kill ``pid`` with it."""
+    killed_after: dict[str, Any] | None = None
+    """The file or job whose answer the kill cut off."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __call__(self, call: Call) -> tuple[int, Any]:
@@ -56,21 +68,31 @@ class OpenAIWorld:
             if n == self.kill_at:
                 os.kill(self.pid, signal.SIGKILL)
             return 500, {"error": {"message": "the client is gone"}}
-        path = call.path.split("?")[0]
+        url = urlsplit(call.path)
+        path, query = url.path, parse_qs(url.query)
         if path == "/v1/chat/completions":
             return 200, self._chat(call.json())
-        if path == "/v1/files":
+        if path == "/v1/files" and call.method == "POST":
+            name, content = file_part(call.body)
             with self.lock:
                 self.uploads += 1
                 n = self.uploads
-            return 200, {
-                "id": f"file-{n}",
-                "object": "file",
-                "bytes": len(call.body),
-                "created_at": 0,
-                "filename": "x.jsonl",
-                "purpose": "fine-tune",
-            }
+                file = {
+                    "id": f"file-{n}",
+                    "object": "file",
+                    "bytes": len(content),
+                    "created_at": n,
+                    "filename": name,
+                    "purpose": "fine-tune",
+                    "status": "processed",
+                }
+                self.files.append(file)
+            self._maybe_kill("upload", n, file)
+            return 200, file
+        if path == "/v1/files" and call.method == "GET":
+            purpose = query.get("purpose", [None])[0]
+            files = [f for f in self.files if purpose in (None, f["purpose"])]
+            return 200, _page(files, query, default_limit=10000)
         if path == "/v1/fine_tuning/jobs" and call.method == "POST":
             body = call.json()
             with self.lock:
@@ -82,11 +104,35 @@ class OpenAIWorld:
                 digest = hashlib.sha1(body["model"].encode()).hexdigest()[:6]
                 job = {"id": f"ftjob-{body['suffix']}-{digest}-{same + 1}", **body}
                 self.jobs.append(job)
+                n = len(self.jobs)
+            self._maybe_kill("job", n, job)
             return 200, self._job(job)
+        if path == "/v1/fine_tuning/jobs" and call.method == "GET":
+            wanted = {
+                k[len("metadata[") : -1]: v[0]
+                for k, v in query.items()
+                if k.startswith("metadata[")
+            }
+            jobs = [
+                self._job(j)
+                for j in self.jobs
+                if all((j.get("metadata") or {}).get(k) == v for k, v in wanted.items())
+            ]
+            return 200, _page(jobs, query, default_limit=20)
         if path.startswith("/v1/fine_tuning/jobs/") and call.method == "GET":
             job_id = path.rsplit("/", 1)[1]
             return 200, self._job(next(j for j in self.jobs if j["id"] == job_id))
         return 404, {"error": {"message": f"no route {call.method} {path}"}}
+
+    def _maybe_kill(self, kind: str, n: int, made: dict[str, Any]) -> None:
+        """Stop the client now (it cannot read the answer this request is about to get), and
+        kill it once the answer has been sent."""
+        if self.kill_after != (kind, n) or not self.pid:
+            return
+        pid = self.pid
+        os.kill(pid, signal.SIGSTOP)
+        self.killed_after = made
+        threading.Timer(0.2, os.kill, (pid, signal.SIGKILL)).start()
 
     def _chat(self, body: dict[str, Any]) -> dict[str, Any]:
         messages, model = body["messages"], body["model"]
@@ -135,4 +181,36 @@ class OpenAIWorld:
             "finished_at": 1,
             "trained_tokens": 10,
             "validation_file": None,
+            "metadata": job.get("metadata"),
         }
+
+
+def file_part(body: bytes) -> tuple[str, bytes]:
+    """The name and bytes of the file in a multipart/form-data upload.
+
+    A body cut short (its sender died mid-request) raises, as the API refuses it, instead of
+    storing a truncated file.
+    """
+    if not body.rstrip().endswith(b"--"):
+        raise ValueError("the multipart body ends before its closing boundary")
+    start = body.index(b'filename="') + len(b'filename="')
+    name = body[start : body.index(b'"', start)].decode()
+    content_start = body.index(b"\r\n\r\n", start) + 4
+    return name, body[content_start : body.index(b"\r\n--", content_start)]
+
+
+def _page(items: list[dict[str, Any]], query: dict[str, list[str]], default_limit: int) -> Any:
+    """One page of a list endpoint: newest first, ``limit`` items after the id ``after``."""
+    newest = list(reversed(items))
+    if after := query.get("after", [None])[0]:
+        ids = [i["id"] for i in newest]
+        newest = newest[ids.index(after) + 1 :] if after in ids else []
+    limit = int(query.get("limit", [default_limit])[0])
+    page = newest[:limit]
+    return {
+        "object": "list",
+        "data": page,
+        "has_more": len(newest) > limit,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+    }

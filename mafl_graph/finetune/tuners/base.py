@@ -2,7 +2,10 @@
 
 The ledger is why a hosted run can be interrupted safely: the uploaded file id and the job id are
 written to ``<run_dir>/tuning/iter<k>/agent<i>-<role>.json`` *before* any waiting, so a restart
-polls the job it already paid for instead of creating a second one. Secrets never enter it.
+polls the job it already paid for instead of creating a second one; what an upload or a job
+creation carries is written before it is sent, so a restart after a crash between the
+provider's answer and that record finds them at the provider (``hosted.py``). Secrets never
+enter it.
 """
 
 from __future__ import annotations
@@ -173,7 +176,8 @@ class JobLedger:
         self.update(failed_jobs=failed)
 
 
-_JOB_KEYS = ("job_id", "status", "error", "model", "source")
+# A retry sends a new tag, so that the search for the new job cannot find the failed one.
+_JOB_KEYS = ("job_id", "tag", "status", "error", "model", "source")
 
 
 def dataset_digest(dataset: Dataset) -> str:

@@ -7,24 +7,14 @@ the ledger records only ids, statuses and settings.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mafl_graph.finetune.datasets import TrainedRole
-from mafl_graph.finetune.tuners.base import (
-    Backoff,
-    Dataset,
-    JobLedger,
-    TunedModel,
-    TuningError,
-    base_id,
-    jsonl_bytes,
-    open_job,
-    poll,
-)
+from mafl_graph.finetune.tuners.base import Backoff, Dataset, JobLedger, TuningError, jsonl_bytes
+from mafl_graph.finetune.tuners.hosted import TAG, HostedTuner, once
 
 log = logging.getLogger(__name__)
 Auto = Literal["auto"]
@@ -46,7 +36,7 @@ class OpenAITuneConfig:
     backoff: Backoff = field(default_factory=Backoff)
 
 
-class OpenAITuner:
+class OpenAITuner(HostedTuner):
     """Tunes with ``fine_tuning.jobs``; ``client`` defaults to ``openai.OpenAI(**client_kwargs)``.
 
     ``retry=True`` replaces a job the ledger records as failed with a new one; without it a
@@ -55,6 +45,7 @@ class OpenAITuner:
     """
 
     backend = "openai"
+    terminal = frozenset(_TERMINAL)
     dataset_suffix = ".openai.jsonl"
     default_base = DEFAULT_BASE
 
@@ -80,70 +71,59 @@ class OpenAITuner:
         self.retry = retry
         self.default_base = base  # what the first iteration tunes (later ones: their model)
 
-    def tune(
-        self,
-        agent: int,
-        role: TrainedRole,
-        dataset: Dataset,
-        base: str | TunedModel,
-        config: OpenAITuneConfig | None = None,
-    ) -> TunedModel:
-        """Upload ``dataset`` (OpenAI chat JSONL or records), tune ``base`` on it, wait."""
-        cfg = config or self.config
-        base_model = base_id(base)
-        ledger, facts = open_job(self, agent, role, dataset, base_model)
-        if ledger.get("status") != "succeeded":
-            self._run(ledger, facts, dataset, cfg)
-        return TunedModel(
-            agent=agent,
-            role=role,
-            backend=self.backend,
-            model=ledger.get("model"),
-            base=base_model,
-            iteration=self.iteration,
-            job_id=ledger.get("job_id"),
-            options=self._options(),
+    def _training_data(self, ledger: JobLedger, dataset: Dataset, stem: str, digest: str) -> str:
+        content = _content(dataset)
+        # The name carries the content's hash: a file listed under it holds these very bytes.
+        name = f"{stem}-{digest[:24]}.openai.jsonl"
+        return once(
+            ledger,
+            "file_id",
+            {"upload": name},
+            lambda: self._find_upload(name, len(content)),
+            lambda: str(self.client.files.create(file=(name, content), purpose="fine-tune").id),
         )
 
-    def _run(
-        self, ledger: JobLedger, facts: dict[str, Any], dataset: Dataset, cfg: OpenAITuneConfig
-    ) -> None:
-        agent, role, base_model = facts["agent"], facts["role"], facts["base"]
-        if not ledger.get("file_id"):
-            name, content = _file(dataset, f"agent{agent}-{role}")
-            uploaded = self.client.files.create(file=(name, content), purpose="fine-tune")
-            ledger.update(
-                **facts,
-                file_id=uploaded.id,
-                config=dataclasses.asdict(cfg),
-            )
-        if not ledger.get("job_id"):
-            job = self.client.fine_tuning.jobs.create(
-                model=base_model,
-                training_file=ledger.get("file_id"),
-                method={"type": "supervised", "supervised": {"hyperparameters": _hyper(cfg)}},
-                suffix=cfg.suffix or f"agent{agent}-{role}",
-                **({"seed": cfg.seed} if cfg.seed is not None else {}),
-            )
-            ledger.update(job_id=job.id, status=job.status)
-        else:
-            log.info("resuming %s: polling job %s", ledger.path.name, ledger.get("job_id"))
-        job_id = ledger.get("job_id")
-        job = poll(
-            lambda: self.client.fine_tuning.jobs.retrieve(job_id),
-            lambda j: j.status in _TERMINAL,
-            cfg.backoff,
-            on_update=lambda j: ledger.update(status=j.status),
+    def _find_upload(self, name: str, size: int) -> str | None:
+        for file in self.client.files.list(purpose="fine-tune"):
+            if file.filename == name and file.bytes == size:
+                return str(file.id)
+        return None
+
+    def _create(self, facts: Mapping[str, Any], data: str, cfg: OpenAITuneConfig, tag: str) -> str:
+        job = self.client.fine_tuning.jobs.create(
+            model=facts["base"],
+            training_file=data,
+            method={"type": "supervised", "supervised": {"hyperparameters": _hyper(cfg)}},
+            suffix=cfg.suffix or f"agent{facts['agent']}-{facts['role']}",
+            metadata={TAG: tag},
+            **({"seed": cfg.seed} if cfg.seed is not None else {}),
         )
+        return str(job.id)
+
+    def _find_job(self, tag: str) -> str | None:
+        # The filter is the API's; the check below keeps a server that ignores it harmless.
+        for job in self.client.fine_tuning.jobs.list(metadata={TAG: tag}):
+            if (job.metadata or {}).get(TAG) == tag:
+                return str(job.id)
+        return None
+
+    def _get(self, job_id: str) -> Any:
+        return self.client.fine_tuning.jobs.retrieve(job_id)
+
+    def _status(self, job: Any) -> str:
+        return str(job.status)
+
+    def _finish(self, ledger: JobLedger, job: Any, facts: Mapping[str, Any]) -> None:
         if job.status != "succeeded":
-            reason = _reason(job, self._last_events(job_id))
+            reason = _reason(job, self._last_events(job.id))
             ledger.update(status=job.status, error=reason)
             raise TuningError(
-                f"OpenAI fine-tuning job {job_id} (agent {agent}, {role}) {job.status}: {reason}. "
-                f"The ledger {ledger.path} keeps it; pass retry=True (CLI: --retry) to start anew."
+                f"OpenAI fine-tuning job {job.id} (agent {facts['agent']}, {facts['role']}) "
+                f"{job.status}: {reason}. The ledger {ledger.path} keeps it; pass retry=True "
+                "(CLI: --retry) to start anew."
             )
         if not job.fine_tuned_model:
-            raise TuningError(f"OpenAI job {job_id} succeeded but names no fine_tuned_model.")
+            raise TuningError(f"OpenAI job {job.id} succeeded but names no fine_tuned_model.")
         ledger.update(status="succeeded", model=job.fine_tuned_model)
 
     def _last_events(self, job_id: str) -> list[str]:
@@ -167,15 +147,15 @@ def _hyper(cfg: OpenAITuneConfig) -> dict[str, Any]:
     }
 
 
-def _file(dataset: Dataset, stem: str) -> tuple[str, bytes]:
+def _content(dataset: Dataset) -> bytes:
     if isinstance(dataset, str | Path):
         path = Path(dataset)
         if not path.is_file():
             raise FileNotFoundError(
                 f"No dataset at {path}; write it with `mafl datasets --format openai`."
             )
-        return path.name, path.read_bytes()
-    return f"{stem}.openai.jsonl", jsonl_bytes(dataset)
+        return path.read_bytes()
+    return jsonl_bytes(dataset)
 
 
 def _reason(job: Any, events: list[str]) -> str:

@@ -9,27 +9,19 @@ tunes the tuned model resource further (google-genai's "pre-tuned model").
 
 from __future__ import annotations
 
-import dataclasses
+import base64
+import hashlib
 import logging
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from mafl_graph.finetune.datasets import TrainedRole
-from mafl_graph.finetune.tuners.base import (
-    Backoff,
-    Dataset,
-    JobLedger,
-    TunedModel,
-    TuningError,
-    base_id,
-    jsonl_bytes,
-    open_job,
-    poll,
-)
+from mafl_graph.finetune.tuners.base import Backoff, Dataset, JobLedger, TuningError, jsonl_bytes
+from mafl_graph.finetune.tuners.hosted import TAG, HostedTuner, once
 
 log = logging.getLogger(__name__)
 DEFAULT_BASE = "gemini-2.0-flash-001"
@@ -52,7 +44,7 @@ class VertexTuneConfig:
     backoff: Backoff = field(default_factory=lambda: Backoff(initial=30, maximum=600))
 
 
-class VertexTuner:
+class VertexTuner(HostedTuner):
     """Tunes Gemini on Vertex AI. ``client`` defaults to ``genai.Client(vertexai=True, …)``.
 
     ``bucket``: where a local dataset file is uploaded (``gs://`` URIs are used as given).
@@ -64,6 +56,7 @@ class VertexTuner:
     """
 
     backend = "vertex"
+    terminal = frozenset(_TERMINAL)
     dataset_suffix = ".vertex.jsonl"
     default_base = DEFAULT_BASE
 
@@ -106,69 +99,83 @@ class VertexTuner:
         self.bucket = bucket.removeprefix("gs://").strip("/") if bucket else None
         self.base_url = base_url
         # STORAGE_EMULATOR_HOST is where google-cloud-storage looks for an emulator, too.
-        storage = storage_url or os.environ.get("STORAGE_EMULATOR_HOST") or STORAGE_URL
+        emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+        storage = storage_url or (storage_endpoint(emulator) if emulator else STORAGE_URL)
         self.storage_url = storage.rstrip("/")
         self.retry = retry
         self.default_base = base  # what the first iteration tunes (later ones: their model)
 
-    def tune(
-        self,
-        agent: int,
-        role: TrainedRole,
-        dataset: Dataset,
-        base: str | TunedModel,
-        config: VertexTuneConfig | None = None,
-    ) -> TunedModel:
-        """Tune ``base`` on ``dataset`` (Vertex Gemini JSONL, a ``gs://`` URI, or records)."""
-        cfg = config or self.config
-        base_model = base_id(base)
-        ledger, facts = open_job(self, agent, role, dataset, base_model)
-        if ledger.get("status") != "succeeded":
-            self._run(ledger, facts, dataset, cfg)
+    def _options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"project": self.project, "location": self.location}
         if self.base_url:
             options["base_url"] = self.base_url
-        return TunedModel(
-            agent=agent,
-            role=role,
-            backend=self.backend,
-            model=ledger.get("model"),
-            base=base_model,
-            iteration=self.iteration,
-            job_id=ledger.get("job_id"),
-            source=ledger.get("source"),
-            options=options,
+        return options
+
+    def _training_data(self, ledger: JobLedger, dataset: Dataset, stem: str, digest: str) -> str:
+        if isinstance(dataset, str) and dataset.startswith("gs://"):
+            if not ledger.get("dataset_uri"):
+                ledger.update(dataset_uri=dataset)
+            return dataset
+        content = _content(dataset)
+        if not self.bucket:
+            raise ValueError(
+                f"Vertex AI reads tuning data from Cloud Storage: pass a gs:// URI as the "
+                f"dataset, or bucket=… (CLI: --bucket) to upload {stem} there."
+            )
+        # The object's name carries the content's hash; its MD5 confirms the bytes.
+        name = f"mafl/{self.run_dir.name}/iter{self.iteration}/{stem}-{digest[:12]}.jsonl"
+        uri = f"gs://{self.bucket}/{name}"
+
+        def upload() -> str:
+            self._upload(name, content)
+            return uri
+
+        return once(
+            ledger,
+            "dataset_uri",
+            {"upload": uri},
+            lambda: uri if self._stored_md5(name) == _md5(content) else None,
+            upload,
         )
 
-    def _run(
-        self, ledger: JobLedger, facts: dict[str, Any], dataset: Dataset, cfg: VertexTuneConfig
-    ) -> None:
-        agent, role, base_model = facts["agent"], facts["role"], facts["base"]
-        if not ledger.get("dataset_uri"):
-            uri = self._dataset_uri(dataset, f"agent{agent}-{role}", facts["dataset_sha256"])
-            ledger.update(
-                **facts,
-                project=self.project,
-                location=self.location,
-                dataset_uri=uri,
-                config=dataclasses.asdict(cfg),
+    def _create(self, facts: Mapping[str, Any], data: str, cfg: VertexTuneConfig, tag: str) -> str:
+        from google.genai import types
+
+        agent, role = facts["agent"], facts["role"]
+        with warnings.catch_warnings():  # "tuning is experimental" on every call
+            warnings.filterwarnings("ignore", message=".*tuning implementation is experimental")
+            job = self.client.tunings.tune(
+                base_model=facts["base"],  # "projects/…/models/…" continues a tuned model
+                training_dataset=types.TuningDataset(gcs_uri=data),
+                config=types.CreateTuningJobConfig(
+                    epoch_count=cfg.epochs,
+                    learning_rate_multiplier=cfg.learning_rate_multiplier,
+                    adapter_size=types.AdapterSize(cfg.adapter_size) if cfg.adapter_size else None,
+                    batch_size=cfg.batch_size,
+                    tuned_model_display_name=cfg.display_name
+                    or f"mafl-agent{agent}-{role}-iter{self.iteration}",
+                    labels={TAG: tag},
+                ),
             )
-        if not ledger.get("job_id"):
-            with warnings.catch_warnings():  # "tuning is experimental" on every call
-                warnings.filterwarnings("ignore", message=".*tuning implementation is experimental")
-                job = self._create(base_model, ledger.get("dataset_uri"), cfg, agent, role)
-            if not job.name:
-                raise TuningError(f"Vertex AI created a tuning job without a name: {job!r}")
-            ledger.update(job_id=job.name, status=_status(job))
-        else:
-            log.info("resuming %s: polling job %s", ledger.path.name, ledger.get("job_id"))
-        name = ledger.get("job_id")
-        job = poll(
-            lambda: self.client.tunings.get(name=name),
-            lambda j: _status(j) in _TERMINAL,
-            cfg.backoff,
-            on_update=lambda j: ledger.update(status=_status(j)),
-        )
+        if not job.name:
+            raise TuningError(f"Vertex AI created a tuning job without a name: {job!r}")
+        return str(job.name)
+
+    def _find_job(self, tag: str) -> str | None:
+        # The filter is the API's; the check below keeps a server that ignores it harmless.
+        jobs = self.client.tunings.list(config={"filter": f'labels.{TAG}="{tag}"'})
+        for job in jobs:
+            if (job.labels or {}).get(TAG) == tag and job.name:
+                return str(job.name)
+        return None
+
+    def _get(self, job_id: str) -> Any:
+        return self.client.tunings.get(name=job_id)
+
+    def _status(self, job: Any) -> str:
+        return _status(job)
+
+    def _finish(self, ledger: JobLedger, job: Any, facts: Mapping[str, Any]) -> None:
         status = _status(job)
         tuned = job.tuned_model
         if status != "succeeded" or tuned is None or not tuned.endpoint:
@@ -176,49 +183,31 @@ class VertexTuner:
             reason = (getattr(error, "message", None) if error else None) or "no reason given"
             ledger.update(status="failed" if status == "succeeded" else status, error=reason)
             raise TuningError(
-                f"Vertex AI tuning job {name} (agent {agent}, {role}) {status}: {reason}. The "
-                f"ledger {ledger.path} keeps it; pass retry=True (CLI: --retry) to start anew."
+                f"Vertex AI tuning job {job.name} (agent {facts['agent']}, {facts['role']}) "
+                f"{status}: {reason}. The ledger {ledger.path} keeps it; pass retry=True "
+                "(CLI: --retry) to start anew."
             )
         ledger.update(status="succeeded", model=tuned.endpoint, source=tuned.model)
 
-    def _create(
-        self, base_model: str, uri: str, cfg: VertexTuneConfig, agent: int, role: str
-    ) -> Any:
-        from google.genai import types
+    def _object_url(self, name: str) -> str:
+        bucket = quote(self.bucket or "", safe="")
+        return f"{self.storage_url}/storage/v1/b/{bucket}/o/{quote(name, safe='')}"
 
-        return self.client.tunings.tune(
-            base_model=base_model,  # "projects/…/models/…" continues a tuned model
-            training_dataset=types.TuningDataset(gcs_uri=uri),
-            config=types.CreateTuningJobConfig(
-                epoch_count=cfg.epochs,
-                learning_rate_multiplier=cfg.learning_rate_multiplier,
-                adapter_size=types.AdapterSize(cfg.adapter_size) if cfg.adapter_size else None,
-                batch_size=cfg.batch_size,
-                tuned_model_display_name=cfg.display_name
-                or f"mafl-agent{agent}-{role}-iter{self.iteration}",
-            ),
-        )
+    def _stored_md5(self, name: str) -> str | None:
+        """The base64 MD5 Cloud Storage reports for object ``name``; None if there is none."""
+        import httpx
 
-    def _dataset_uri(self, dataset: Dataset, stem: str, digest: str) -> str:
-        if isinstance(dataset, str) and dataset.startswith("gs://"):
-            return dataset
-        if isinstance(dataset, str | Path):
-            path = Path(dataset)
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"No dataset at {path}; write it with `mafl datasets --format vertex`."
-                )
-            content = path.read_bytes()
-        else:
-            content = jsonl_bytes(dataset)
-        if not self.bucket:
-            raise ValueError(
-                f"Vertex AI reads tuning data from Cloud Storage: pass a gs:// URI as the "
-                f"dataset, or bucket=… (CLI: --bucket) to upload {stem} there."
+        headers = {"Authorization": f"Bearer {self._token()}"}
+        response = httpx.get(self._object_url(name), headers=headers, timeout=60)
+        if response.status_code == 404:
+            return None
+        if response.status_code >= 400:
+            raise TuningError(
+                f"Looking up gs://{self.bucket}/{name} failed ({response.status_code}): "
+                f"{response.text[:500]}"
             )
-        name = f"mafl/{self.run_dir.name}/iter{self.iteration}/{stem}-{digest[:12]}.jsonl"
-        self._upload(name, content)
-        return f"gs://{self.bucket}/{name}"
+        md5 = response.json().get("md5Hash")
+        return str(md5) if md5 else None
 
     def _upload(self, name: str, content: bytes) -> None:
         """One Cloud Storage media upload (JSON API), authorised by the same credentials."""
@@ -248,6 +237,29 @@ class VertexTuner:
 
             credentials.refresh(Request())
         return str(credentials.token)
+
+
+def _content(dataset: Dataset) -> bytes:
+    if isinstance(dataset, str | Path):
+        path = Path(dataset)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"No dataset at {path}; write it with `mafl datasets --format vertex`."
+            )
+        return path.read_bytes()
+    return jsonl_bytes(dataset)
+
+
+def _md5(content: bytes) -> str:
+    """MD5 in base64, as Cloud Storage reports an object's ``md5Hash``."""
+    return base64.b64encode(hashlib.md5(content, usedforsecurity=False).digest()).decode()
+
+
+def storage_endpoint(value: str) -> str:
+    """``STORAGE_EMULATOR_HOST`` as a URL: ``host:port`` means ``http://host:port``, as the
+    Cloud Storage client libraries read it."""
+    value = value.strip().rstrip("/")
+    return value if "://" in value else f"http://{value}"
 
 
 def _status(job: Any) -> str:
