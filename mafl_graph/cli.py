@@ -891,7 +891,7 @@ def eval_command(
 ) -> None:
     """Zero-shot transfer (paper Fig. 5): the base and the tuned society on another task."""
     from mafl_graph.evaluate import evaluate_society
-    from mafl_graph.finetune.tuners import load_tuned
+    from mafl_graph.finetune.tuners import load_tuned, tuned_society
     from mafl_graph.report import markdown_table, rows
 
     try:
@@ -902,7 +902,13 @@ def eval_command(
         if not tuned_path.is_file():
             raise FileNotFoundError(f"{tuned_path} not found: the loop has not tuned yet.")
         client = {"requests_per_second": requests_per_second, "max_retries": max_retries}
-        loop, settings = _loop_from_manifest(settings, client | {"timeout": timeout})
+        client["timeout"] = timeout
+        if "n_train" in settings:  # a `mafl loop` run: its society, tuned by its method's rules
+            loop, settings = _loop_from_manifest(settings, client)
+            base, tuned = loop.society, loop.society_after(load_tuned(tuned_path))
+        else:  # `mafl debate` + `mafl tune`: its society, each tuned (agent, role) replaced
+            base = _debate_society(run_dir, settings, client)
+            tuned = tuned_society(base, load_tuned(tuned_path))
         options = {
             k: v
             for k, v in {"terms": terms, "low": low, "high": high, "operators": operators}.items()
@@ -912,7 +918,7 @@ def eval_command(
             options["data_dir"] = str(data_dir)
         target = get_task(test_task, **options)
         problems = target.load("test", n)
-        societies = {"base": loop.society, "tuned": loop.society_after(load_tuned(tuned_path))}
+        societies = {"base": base, "tuned": tuned}
     except (ValueError, TypeError, ImportError, FileNotFoundError, KeyError) as exc:
         _fail(exc)
     out = run_dir / "transfer" / target.name
@@ -989,6 +995,22 @@ def sweep_command(
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = json.loads(path.read_text())
     return records
+
+
+def _debate_society(
+    run_dir: Path, settings: Mapping[str, Any], client: Mapping[str, Any]
+) -> Society:
+    """The society a `mafl debate` run was made with, from its manifest's settings."""
+    missing = [k for k in ("model", "agents", "rounds", "summarize", "seed") if k not in settings]
+    if missing:
+        raise ValueError(
+            f"{run_dir / 'manifest.json'} lacks the settings {missing}: `mafl eval` takes a run "
+            "directory made by `mafl loop`, or by `mafl debate` then `mafl tune`."
+        )
+    options = {k: settings[k] for k in ("temperature", "max_tokens") if settings.get(k) is not None}
+    options["seed"] = settings["seed"]  # as `mafl debate` made it: agent i samples with seed + i
+    options.update({k: v for k, v in client.items() if v is not None})
+    return Society.from_model(settings["model"], settings["agents"], **options)
 
 
 def _loop_from_manifest(
