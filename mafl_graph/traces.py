@@ -17,8 +17,8 @@ Each thread's final state is then its latest checkpoint (``get_tuple`` without a
 thread whose latest state has no ``consensus`` (``vote`` never ran: still running, killed or
 failed) is reported in :attr:`RunTraces.unfinished`, never treated as done.
 
-The ``responses`` and ``summaries`` lists are not in that checkpoint: they are delta channels
-(see :mod:`mafl_graph.debate.state`), rebuilt from the thread's stored writes, which
+The ``responses`` and ``summaries`` lists and the question are not in that checkpoint: they are
+delta channels (see :mod:`mafl_graph.debate.state`), rebuilt from the thread's stored writes, which
 ``get_delta_channel_history`` returns, through the same reducer that rebuilds them while the
 debate runs, so every response comes back with the exact messages its model was sent.
 Checkpoints of the earlier format, which hold the whole lists, are read as they are.
@@ -32,20 +32,25 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from langgraph.channels.delta import DeltaChannel
 from langgraph.checkpoint.base import BaseCheckpointSaver, CheckpointTuple
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from mafl_graph.debate.run import RUN_KEY, check_checkpoint_file
-from mafl_graph.debate.state import Response, responses_channel
+from mafl_graph.debate.state import Response, question_channel, responses_channel
 from mafl_graph.redact import redact
 
 _ERROR_CHANNEL = "__error__"  # where LangGraph keeps a failed task's exception
-_LISTS = ["responses", "summaries"]
+_DELTAS: dict[str, Callable[[], DeltaChannel[Any]]] = {
+    "responses": responses_channel,
+    "summaries": responses_channel,
+    "question": question_channel,
+}
 # Checkpoint metadata that says how LangGraph stores the lists, not what the run was.
 _STORAGE_METADATA = ("counters_since_delta_snapshot",)
 
@@ -115,7 +120,7 @@ def read_traces(
         threads = _thread_ids(t for t in checkpointer.list(None, filter=query))
         latest = [checkpointer.get_tuple(_config(t)) for t in threads]
         histories = [
-            checkpointer.get_delta_channel_history(config=saved.config, channels=_LISTS)
+            checkpointer.get_delta_channel_history(config=saved.config, channels=list(_DELTAS))
             if saved is not None and _finished(saved)
             else {}
             for saved in latest
@@ -139,7 +144,7 @@ async def aread_traces(
     threads = _thread_ids([t async for t in checkpointer.alist(None, filter=query)])
     latest = [await checkpointer.aget_tuple(_config(t)) for t in threads]
     histories = [
-        await checkpointer.aget_delta_channel_history(config=saved.config, channels=_LISTS)
+        await checkpointer.aget_delta_channel_history(config=saved.config, channels=list(_DELTAS))
         if saved is not None and _finished(saved)
         else {}
         for saved in latest
@@ -212,7 +217,7 @@ def _collect(
                 run_id=run_id,
                 thread_id=thread,
                 problem_id=problem_id,
-                question=values["question"],
+                question=_rebuilt(values, history, "question"),
                 reference=values.get("reference"),
                 consensus=values["consensus"],
                 consensus_fraction=float(values.get("consensus_fraction", 0.0)),
@@ -228,21 +233,27 @@ def _collect(
 def _responses(
     values: Mapping[str, Any], history: Mapping[str, Any], key: str, thread: str
 ) -> list[Response]:
-    """The whole list of ``key``: stored in the checkpoint itself, or rebuilt from its history."""
-    if key in values:  # the whole list (or a snapshot of it) is stored here
-        seed, writes = values[key], []
-    else:
-        found = history.get(key, {})
-        seed, writes = found.get("seed"), found.get("writes", [])
-    channel = responses_channel().from_checkpoint(seed)
-    channel.replay_writes(writes)
-    rebuilt = channel.get()
+    """The whole list of ``key``."""
+    rebuilt = _rebuilt(values, history, key)
     if not isinstance(rebuilt, list):
         raise TypeError(
             f"thread {thread!r}: channel {key!r} rebuilds to {type(rebuilt).__name__}, not the "
             "list of responses this reader expects; was the debate state changed?"
         )
     return [Response(**r) for r in rebuilt]  # type: ignore[typeddict-item]
+
+
+def _rebuilt(values: Mapping[str, Any], history: Mapping[str, Any], key: str) -> Any:
+    """A delta channel's value: stored in the checkpoint itself (the earlier format, or a
+    snapshot), or rebuilt from the history of its writes."""
+    if key in values:
+        seed, writes = values[key], []
+    else:
+        found = history.get(key, {})
+        seed, writes = found.get("seed"), found.get("writes", [])
+    channel = _DELTAS[key]().from_checkpoint(seed)
+    channel.replay_writes(writes)
+    return channel.get()
 
 
 def _error(saved: CheckpointTuple) -> str | None:

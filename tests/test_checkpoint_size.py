@@ -142,6 +142,19 @@ def test_the_bytes_stored_grow_linearly_with_what_was_said(tmp_path: Path) -> No
     assert sizes[16][0] / sizes[8][0] < 2.3, sizes
 
 
+def test_a_long_question_is_stored_with_the_input_not_in_every_checkpoint(tmp_path: Path) -> None:
+    db = tmp_path / "d.sqlite"
+    question = "how many words are in this document? " * 5_000  # 185,000 characters
+    task = EchoTask(["1"])
+    graph = create_debate_graph(society(), task, rounds=4)
+    problem = task.load("test")[0].__class__("doc", question, "1")
+    run_debates(graph, [problem], run_id="r", db_path=db, progress=False)
+    [trace] = read_traces_sqlite(db, "r")
+    assert trace.question == question
+    # The text holds it once per agent (each first prompt); the input and its write add two.
+    assert stored_bytes(db) < (3 + 2 + 1) * len(question) < 3 * said(trace)
+
+
 def test_a_stored_critique_holds_only_its_new_turns(tmp_path: Path) -> None:
     db = tmp_path / "d.sqlite"
     task = EchoTask(["1"])

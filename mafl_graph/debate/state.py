@@ -14,6 +14,11 @@ replaying the stored writes through :func:`add_responses`, which expands every d
 a whole :class:`Response`. Everything that reads the state (the nodes, ``get_state``, Studio,
 a parent graph, :mod:`mafl_graph.traces`) sees whole responses; only the stored writes are
 deltas. Lists stored whole (checkpoints written before, or a snapshot) are read as they are.
+
+The question is a delta channel too (:func:`question_channel`): LangGraph's ``SqliteSaver``
+stores every channel's value in every checkpoint, about three per round, so a whole document
+as the question would be stored once per step; as a delta channel it is stored with the input
+only. (Postgres stores a channel's value once per version either way.)
 """
 
 from __future__ import annotations
@@ -120,9 +125,21 @@ def responses_channel() -> DeltaChannel[list[Response]]:
     return DeltaChannel(add_responses, list, snapshot_frequency=2**62)
 
 
+def _last(current: str, writes: Sequence[str]) -> str:
+    return writes[-1]
+
+
+def question_channel() -> DeltaChannel[str]:
+    """The channel of ``question``: written once, with the input (see the module docstring).
+
+    Before the input is written it reads as "" (a delta channel is never empty).
+    """
+    return DeltaChannel(_last, str, snapshot_frequency=2**62)
+
+
 class DebateInput(TypedDict):
     problem_id: str
-    question: str
+    question: Annotated[str, question_channel()]
     reference: NotRequired[str | None]
 
 
