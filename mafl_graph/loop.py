@@ -1,8 +1,10 @@
 """MultiagentFinetuning: iterations of debate(train) -> datasets -> tune -> debate(test).
 
 Every step leaves its result in the run directory before the next begins, and every step
-resumes by itself: debates from their checkpoints (a finished model call is never made
-again), tuning from the tuner's ledger (a finished adapter or a submitted job is never redone).
+resumes by itself: debates from their checkpoints (a saved answer is never asked for again; one
+that arrived just before a crash, not yet saved, is: delivery is at least once), tuning from the
+tuner's ledger (a finished adapter, an upload or a created job is never redone, even when the
+crash came between the provider's answer and the ledger's record of it).
 ``metrics.json`` records each finished step, so a rerun of a killed loop skips straight to
 the step it stopped in.
 
@@ -266,6 +268,13 @@ class MultiagentFinetuning:
         if self.method == "majority":
             chosen = [_pooled(chosen)]
         usable = [d for d in chosen if d.examples]
+        for empty in (d for d in chosen if not d.examples):
+            log.warning(
+                "iteration %d: %s has no training example (%s); it keeps its model",
+                k,
+                empty.name,
+                self._why_empty(empty.stats),
+            )
         if not usable:
             raise LoopError(
                 f"iteration {k}: no agent produced a training example (no answer agreed with "
@@ -298,6 +307,18 @@ class MultiagentFinetuning:
             "seconds": time.perf_counter() - started,
             "tuned": sorted(f"agent{o.agent}-{o.role}" for o in outcomes),
         }
+
+    def _why_empty(self, stats: DatasetStats) -> str:
+        if not stats.candidates:
+            return f"none of its debates had a {self.target} ({stats.no_target} without)"
+        if stats.role == "critic" and (stats.wrong_first or stats.right_first):
+            return (
+                f"D_C- (first answers wrong, revised to the {self.target}) has "
+                f"{stats.wrong_first} and D_C+ {stats.right_first}; w = {self.w:g} asks for "
+                f"{self.w:.0%} of D_C-"
+            )
+        undecided = f", {stats.undecided} undecided" if stats.undecided else ""
+        return f"none of its {stats.candidates} answers agreed with the {self.target}{undecided}"
 
     # Societies ---------------------------------------------------------------------------
 

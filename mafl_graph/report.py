@@ -55,7 +55,8 @@ def _pct(acc: Mapping[str, Any] | None) -> str:
 
 
 def _num(value: Any, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
+    # Adding 0.0 turns the -0.0 that rounding a tiny negative gives into 0.0 ("-0.000").
+    return "–" if value is None else f"{round(value, digits) + 0.0:.{digits}f}"
 
 
 def rows(metrics: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, str]]:
