@@ -10,9 +10,9 @@ config-metadata values into every checkpoint's metadata. There is no list-thread
 threads of a run are found through ``checkpointer.list(None, filter=...)`` and de-duplicated.
 A thread normally has one checkpoint with ``source == "input"`` (written when its problem is
 submitted; resuming passes no input and writes none), so filtering on it as well lists one
-small checkpoint per thread instead of every step's (8 per two-round debate, each holding the
-whole state so far): 10,000 threads read in 3.1-3.7 s instead of 8.1-8.2 s on a 2-core machine
-(``benchmarks/traces_scaling.py``). Both are linear, so no saver-specific SQL is needed.
+checkpoint per thread instead of every step's (8 per two-round debate). Reading is linear in
+the threads (``benchmarks/traces_scaling.py``: 10,000 threads in 6.8 s on a 2-core machine,
+most of it rebuilding the lists below), so no saver-specific SQL is needed.
 Each thread's final state is then its latest checkpoint (``get_tuple`` without an id). A
 thread whose latest state has no ``consensus`` (``vote`` never ran: still running, killed or
 failed) is reported in :attr:`RunTraces.unfinished`, never treated as done.
