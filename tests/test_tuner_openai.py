@@ -48,6 +48,7 @@ class FakeOpenAI:
 
     def __init__(self, states: list[dict[str, Any]]) -> None:
         self.states = states
+        self.listed: list[dict[str, Any]] = []
         self.jobs = 0
         self.lock = threading.Lock()  # the server answers each request in its own thread
 
@@ -69,6 +70,9 @@ class FakeOpenAI:
             with self.lock:
                 self.jobs += 1
                 return 200, self._job(f"ftjob-{self.jobs}", {"status": "validating_files"})
+        if call.method == "GET" and path == "/v1/fine_tuning/jobs":
+            # Every job, whatever the metadata filter asks: a client must check the tag itself.
+            return 200, {"object": "list", "data": self.listed, "has_more": False}
         if call.method == "GET" and path.endswith("/events"):
             return 200, {
                 "object": "list",
@@ -220,6 +224,33 @@ def test_a_failed_job_is_reported_and_only_retried_when_asked(tmp_path):
     assert _count(calls, "POST", "/v1/files") == 1  # the uploaded file is reused
     record = json.loads((tmp_path / "tuning/iter1/agent0-generator.json").read_text())
     assert record["failed_jobs"][0]["job_id"] == "ftjob-1"
+
+
+def test_a_job_created_but_not_recorded_is_found_by_its_tag_not_created_again(tmp_path):
+    """The ledger holds the tag a create carried, but not the job id (the process died after
+    the provider answered): the job is found among the listed ones by that tag alone."""
+    ledger = tmp_path / "tuning" / "iter1" / "agent0-generator.json"
+    with serve(FakeOpenAI([{"status": "succeeded", "fine_tuned_model": TUNED}])) as (url, calls):
+        _tuner(url, tmp_path).tune(0, "generator", RECORDS, "gpt-4o-mini")
+    record = json.loads(ledger.read_text())
+    tag = next(c for c in calls if c.path == "/v1/fine_tuning/jobs").json()["metadata"]
+    assert tag == {"mafl_job": record["tag"]}  # the tag the ledger holds is the one sent
+    # As a process killed right after the create's answer leaves it: the tag, no job.
+    for field in ("job_id", "status", "model"):
+        del record[field]
+    ledger.write_text(json.dumps(record))
+    fake = FakeOpenAI([{"status": "succeeded", "fine_tuned_model": TUNED}])
+    fake.listed = [
+        FakeOpenAI._job(f"ftjob-{i}", {"metadata": metadata})
+        for i, metadata in ((7, {"mafl_job": "another"}), (8, tag), (9, None))
+    ]
+    with serve(fake) as (url, calls):
+        tuned = _tuner(url, tmp_path).tune(0, "generator", RECORDS, "gpt-4o-mini")
+    assert tuned.job_id == "ftjob-8" and tuned.model == TUNED
+    assert _count(calls, "POST", "/v1/fine_tuning/jobs") == 0
+    assert _count(calls, "POST", "/v1/files") == 0  # the file id was recorded
+    listing = next(c for c in calls if c.path.startswith("/v1/fine_tuning/jobs?"))
+    assert f"metadata%5Bmafl_job%5D={record['tag']}" in listing.path
 
 
 def test_cancelled_jobs_fail_clearly(tmp_path):
