@@ -13,7 +13,7 @@ LangGraph ``DeltaChannel``\\ s: a checkpoint stores none of the list, and the li
 replaying the stored writes through :func:`add_responses`, which expands every delta back into
 a whole :class:`Response`. Everything that reads the state (the nodes, ``get_state``, Studio,
 a parent graph, :mod:`mafl_graph.traces`) sees whole responses; only the stored writes are
-deltas. Lists stored whole (checkpoints written before, or a snapshot) are read as they are.
+deltas. Lists stored whole (checkpoints of the earlier format, or a snapshot) are read as they are.
 
 The question is a delta channel too (:func:`question_channel`): LangGraph's ``SqliteSaver``
 stores every channel's value in every checkpoint, about three per round, so a whole document
