@@ -51,6 +51,7 @@ class FakeVertex:
     def __init__(self, states: list[dict[str, Any]]) -> None:
         self.states = states
         self.uploads: dict[str, bytes] = {}
+        self.listed: list[dict[str, Any]] = []
 
     def __call__(self, call: Call) -> tuple[int, Any]:
         if call.method == "POST" and call.path == "/token":  # OAuth refresh (ADC in the CLI)
@@ -64,6 +65,9 @@ class FakeVertex:
             return 200, {"name": name, "bucket": "bucket"}
         if call.method == "POST" and path == f"/v1beta1/{PARENT}/tuningJobs":
             return 200, {"name": JOB, "state": "JOB_STATE_PENDING", **call.json()}
+        if call.method == "GET" and path == f"/v1beta1/{PARENT}/tuningJobs":
+            # Every job, whatever the filter asks: a client must check the label itself.
+            return 200, {"tuningJobs": self.listed}
         if call.method == "GET" and path == f"/v1beta1/{JOB}":
             state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
             return 200, {"name": JOB, **state}
@@ -135,6 +139,45 @@ def test_a_gs_uri_is_used_as_given_and_an_interrupted_run_resumes(tmp_path):
         tuned = _tuner(url, tmp_path).tune(1, "critic", uri, "gemini-2.0-flash-001")
     assert tuned.model == ENDPOINT and not fake.uploads
     assert _count(calls, "POST", "/tuningJobs") == 1 and _count(calls, "GET", JOB) >= 2
+
+
+def test_a_job_created_but_not_recorded_is_found_by_its_label_not_created_again(tmp_path):
+    """The ledger holds the tag a create carried as a label, but not the job's name (the
+    process died after Vertex AI answered): the job is found among the listed ones by it."""
+    uri = "gs://theirs/data.jsonl"
+    with serve(FakeVertex([SUCCEEDED])) as (url, calls):
+        _tuner(url, tmp_path).tune(1, "critic", uri, "gemini-2.0-flash-001")
+    create = next(c for c in calls if c.path.endswith("/tuningJobs")).json()
+    ledger = tmp_path / "tuning" / "iter1" / "agent1-critic.json"
+    record = json.loads(ledger.read_text())
+    assert create["labels"] == {"mafl_job": record["tag"]}
+    for field in ("job_id", "status", "model", "source"):
+        del record[field]
+    ledger.write_text(json.dumps(record))
+    fake = FakeVertex([SUCCEEDED])
+    fake.listed = [
+        {"name": f"{PARENT}/tuningJobs/7", "labels": {"mafl_job": "another"}},
+        {"name": JOB, "labels": create["labels"]},
+        {"name": f"{PARENT}/tuningJobs/9"},
+    ]
+    with serve(fake) as (url, calls):
+        tuned = _tuner(url, tmp_path).tune(1, "critic", uri, "gemini-2.0-flash-001")
+    assert (tuned.job_id, tuned.model) == (JOB, ENDPOINT)
+    assert _count(calls, "POST", "/tuningJobs") == 0
+    listing = next(c for c in calls if c.path.split("?")[0].endswith("/tuningJobs"))
+    assert "filter=labels.mafl_job" in listing.path.replace("%3D", "=").replace("%2E", ".")
+
+
+def test_storage_emulator_host_may_omit_the_scheme(tmp_path, monkeypatch):
+    for given, used in (
+        ("127.0.0.1:9023", "http://127.0.0.1:9023"),
+        ("https://gcs.x/", "https://gcs.x"),
+    ):
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", given)
+        tuner = VertexTuner(
+            tmp_path, project="p", credentials=Credentials(token=TOKEN), client=object()
+        )
+        assert tuner.storage_url == used
 
 
 def test_iteration_two_continues_from_the_tuned_model(tmp_path):
