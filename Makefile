@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/kv_cache.py
 	$(PY) benchmarks/traces_scaling.py
 	$(PY) benchmarks/lora_step.py
+	$(PY) benchmarks/grading_throughput.py
 
 clean:
 	rm -rf $(VENV) runs
