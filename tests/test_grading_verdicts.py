@@ -8,9 +8,11 @@ of them never converges.
 from __future__ import annotations
 
 import multiprocessing
+import re
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
 
 import mpmath
 import pytest
@@ -18,10 +20,10 @@ from fakes import EchoTask, ScriptedModel
 from grading_pairs import BASEL, stress_pairs
 from test_debate_graph import boxed, debate, society_of
 
-from mafl_graph import grading
+from mafl_graph import cli, grading
 from mafl_graph.debate.run import DebateResult
 from mafl_graph.debate.state import Response
-from mafl_graph.evaluate import summarize_debates
+from mafl_graph.evaluate import Accuracy, DebateSummary, summarize_debates
 from mafl_graph.finetune import build_datasets
 from mafl_graph.grading import Verdict, grade, is_equivalent, majority_vote
 from mafl_graph.traces import DebateTrace
@@ -184,3 +186,12 @@ def test_datasets_leave_undecided_answers_out_and_count_them() -> None:
     assert {e["problem_id"] for e in critic.pools["D_C+"]} == {"p0"}
     assert {e["problem_id"] for e in critic.pools["D_C-"]} == {"p3"}  # p1: first undecided
     assert critic.stats.undecided == 2  # p1's first answer and p2's final one
+
+
+def test_mafl_debate_prints_the_undecided_grades(tmp_path: Path) -> None:
+    summary = DebateSummary(Accuracy(3, 5, undecided=1), [Accuracy(2, 5)], 0.8, 0, undecided=4)
+    with cli.console.capture() as captured:
+        cli._print_summary({"task": "math", "model": "m"}, summary, 1.0, tmp_path)
+    printed = captured.get()
+    assert "(3/5, 1 undecided)" in printed
+    assert re.search(r"undecided grades .*\b4\b", printed)
