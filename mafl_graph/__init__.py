@@ -4,6 +4,7 @@ from mafl_graph.compare import compare_methods
 from mafl_graph.debate import (
     DebateInput,
     DebatePrompts,
+    DebateRecord,
     DebateResult,
     DebateState,
     Response,
@@ -95,6 +96,7 @@ __all__ = [
     "DatasetStats",
     "DebateInput",
     "DebatePrompts",
+    "DebateRecord",
     "DebateResult",
     "DebateState",
     "DebateSummary",

@@ -227,10 +227,13 @@ def _report_failures(results: list[DebateResult]) -> None:
     A run in which nothing succeeded (a wrong key, a model the provider does not serve) is a
     failed command, not a result with a "failed debates" count.
     """
+    from mafl_graph.debate.nodes import without_call
+
     reasons: dict[str, int] = {}
     for result in results:
-        if result.error is not None:
-            reasons[result.error] = reasons.get(result.error, 0) + 1
+        if result.error is not None:  # grouped by reason: which call failed is in results.jsonl
+            reason = without_call(result.error)
+            reasons[reason] = reasons.get(reason, 0) + 1
     for reason, count in reasons.items():
         errors.print(f"[red]failed:[/red] {count} debate(s): {escape(' '.join(reason.split()))}")
     if results and len(reasons) and all(not r.ok for r in results):

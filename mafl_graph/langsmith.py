@@ -28,13 +28,19 @@ import json
 import uuid
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mafl_graph.debate.run import RUN_KEY
 from mafl_graph.debate.state import Response
 from mafl_graph.finetune.datasets import AgentDataset, Example
-from mafl_graph.traces import DebateTrace, RunTraces, UnfinishedThread
+from mafl_graph.traces import (
+    DebateTrace,
+    RunTraces,
+    UnfinishedThread,
+    error_message,
+    within_namespace,
+)
 
 if TYPE_CHECKING:
     from langsmith import Client
@@ -50,12 +56,17 @@ def read_traces_langsmith(
     client: Client | None = None,
     filter: Mapping[str, Any] | None = None,
 ) -> RunTraces:
-    """Every debate of ``run_id`` (the ``run_id`` given to ``run_debates``) in a project.
+    """Every debate of ``run_id`` (given to ``run_debates``, or as ``mafl_run_id`` in the
+    metadata an app is invoked with) in a project.
 
     ``client``: a ``langsmith.Client`` (default: one configured from ``LANGSMITH_API_KEY`` /
     ``LANGSMITH_ENDPOINT``). ``filter``: more metadata conditions, e.g. ``{"iteration": 2}``,
-    checked on each run. A debate that was resumed or repeated has several ``vote`` runs; the
-    latest counts. Traces are sorted by thread id, as the checkpoint reader sorts them.
+    checked on each run. A debate is identified as the checkpoint reader identifies it: its
+    thread and its own checkpoint namespace, which LangGraph records on every run inside it,
+    so an app's several debates in one thread are each read back. A debate that was resumed
+    or repeated has several ``vote`` runs; the latest counts. Traces are sorted by thread id
+    and namespace, as the checkpoint reader sorts them; errors and metadata come in the
+    checkpoint reader's form (``Type: message``; the run's own metadata, not LangSmith's).
     """
     if not run_id:
         raise ValueError("run_id must be a non-empty string (the run_id given to run_debates).")
@@ -63,36 +74,102 @@ def read_traces_langsmith(
     wanted = {RUN_KEY: run_id, **(filter or {})}
     query = _metadata_filter(RUN_KEY, run_id)
     # Every run of the run_id, without inputs and outputs: which debates started, and errors.
-    started: dict[str, tuple[str, str | None]] = {}  # problem id -> (thread id, first error)
+    started: dict[tuple[str, str], _Started] = {}
     for run in _list_runs(
-        client, project_name, query, select=["id", "name", "extra", "error", "start_time"]
+        client,
+        project_name,
+        query,
+        select=["id", "name", "run_type", "extra", "error", "start_time", "trace_id"],
     ):
         meta = run.metadata
-        if not _matches(meta, wanted) or "problem_id" not in meta:
+        debate = _debate_of(run)
+        if debate is None or not _matches(meta, wanted):
             continue
-        problem = str(meta["problem_id"])
-        thread, error = started.get(problem, (str(meta.get("thread_id", "")), None))
-        started[problem] = (thread or f"{run_id}/{problem}", error or run.error or None)
+        seen = started.setdefault(debate, _Started())
+        if "problem_id" in meta:
+            seen.problem_id = seen.problem_id or str(meta["problem_id"])
+        seen.runs.append(run)
     # The vote runs, with the debate state they were given and the verdict they returned.
-    latest: dict[str, Any] = {}
+    latest: dict[tuple[str, str], Any] = {}
     for run in _list_runs(client, project_name, f'and(eq(name, "{VOTE_NODE}"), {query})'):
         meta = run.metadata
-        if run.name != VOTE_NODE or run.error or not _matches(meta, wanted):
+        debate = _debate_of(run)
+        if run.name != VOTE_NODE or run.error or debate is None or not _matches(meta, wanted):
             continue
         state = run.inputs or {}
         if "responses" not in state or "question" not in state or run.outputs is None:
             continue  # a node called "vote" in another graph of the caller's app
-        thread = str(meta.get("thread_id") or f"{run_id}/{state.get('problem_id')}")
-        if thread not in latest or run.start_time > latest[thread].start_time:
-            latest[thread] = run
-    traces = [_trace(run_id, thread, run) for thread, run in sorted(latest.items())]
-    finished = {t.problem_id for t in traces}
-    unfinished = [
-        UnfinishedThread(thread, problem, None, error)
-        for problem, (thread, error) in sorted(started.items())
-        if problem not in finished
-    ]
+        if debate not in latest or run.start_time > latest[debate].start_time:
+            latest[debate] = run
+    # As in the checkpoint reader: a namespace that holds another debate's is the app's.
+    hosts = {
+        outer
+        for outer in started.keys() | latest.keys()
+        for inner in started.keys() | latest.keys()
+        if inner != outer and inner[0] == outer[0] and within_namespace(inner[1], outer[1])
+    }
+    latest = {debate: run for debate, run in latest.items() if debate not in hosts}
+    traces = sorted(
+        (_trace(run_id, debate, run) for debate, run in latest.items()),
+        key=lambda t: (t.thread_id, t.checkpoint_ns),
+    )
+    unfinished = sorted(
+        (
+            UnfinishedThread(
+                _thread(run_id, debate, seen.problem_id),
+                seen.problem_id or "",
+                None,
+                seen.error(),
+                debate[1],
+            )
+            for debate, seen in started.items()
+            if debate not in latest and debate not in hosts and seen.problem_id is not None
+        ),
+        key=lambda u: (u.thread_id, u.checkpoint_ns),
+    )
     return RunTraces(run_id, traces, unfinished)
+
+
+@dataclass
+class _Started:
+    """What the runs of one debate say before its vote: its problem, and its runs."""
+
+    problem_id: str | None = None
+    runs: list[Any] = field(default_factory=list)
+
+    def error(self) -> str | None:
+        """The error that stopped the debate, chosen as the checkpoint reader chooses it.
+
+        A checkpoint keeps the last step's failed tasks, each with the exception of its last
+        attempt. So: per task (a node's namespace, which its retries share), the last attempt,
+        unless one attempt succeeded; of those, the latest step's; a cancellation only if alone;
+        then the first in sort order. The node's run holds the exception the graph recorded
+        (it names the call); a model's run only the provider's message, used where no node's
+        run failed.
+        """
+        for node_runs in (True, False):
+            tasks: dict[str, list[Any]] = {}
+            for run in self.runs:
+                if (run.run_type != "llm") == node_runs:
+                    tasks.setdefault(str(run.metadata.get("langgraph_checkpoint_ns")), []).append(
+                        run
+                    )
+            failed = [
+                max(attempts, key=lambda r: str(r.start_time))
+                for attempts in tasks.values()
+                if all(r.error for r in attempts)
+            ]
+            if failed:
+                step = max(_step(r) for r in failed)
+                errors = sorted(error_message(r.error) for r in failed if _step(r) == step)
+                causes = [e for e in errors if not e.startswith("CancelledError")]
+                return (causes or errors)[0]
+        return None
+
+
+def _step(run: Any) -> int:
+    step = run.metadata.get("langgraph_step")
+    return step if isinstance(step, int) else -1
 
 
 @dataclass(frozen=True)
@@ -186,17 +263,46 @@ def _matches(metadata: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
     return all(k in metadata and str(metadata[k]) == str(v) for k, v in wanted.items())
 
 
-def _trace(run_id: str, thread: str, run: Any) -> DebateTrace:
+def _debate_of(run: Any) -> tuple[str, str] | None:
+    """The debate a run belongs to: (thread, the debate's checkpoint namespace), or None for a
+    run outside any graph node (the graph's own root run, an app's runs).
+
+    LangGraph records the namespace of the node a run is in (``langgraph_checkpoint_ns``,
+    e.g. ``debate:<task id>|generate:<task id>``); the debate's own is that without its last
+    level. Without a thread (a graph compiled without a checkpointer) the trace stands for it.
+    """
+    meta = run.metadata
+    node_ns = meta.get("langgraph_checkpoint_ns")
+    if not isinstance(node_ns, str) or not node_ns:
+        return None
+    ns = node_ns.rsplit("|", 1)[0] if "|" in node_ns else ""
+    thread = meta.get("thread_id")
+    return (str(thread) if thread else f"trace:{run.trace_id}", ns)
+
+
+def _thread(run_id: str, debate: tuple[str, str], problem_id: str | None) -> str:
+    thread = debate[0]
+    return f"{run_id}/{problem_id}" if thread.startswith("trace:") else thread
+
+
+# What LangSmith and LangGraph add to a run's metadata, beside what the run was given.
+_TRACING_METADATA = ("revision_id", "thread_id", "checkpoint_ns", "checkpoint_id")
+_TRACING_PREFIXES = ("ls_", "langgraph_", "LANGSMITH_", "LANGCHAIN_", "__")
+
+
+def _trace(run_id: str, debate: tuple[str, str], run: Any) -> DebateTrace:
     state, verdict = run.inputs, run.outputs
     metadata = {
         k: v
         for k, v in run.metadata.items()
-        if isinstance(v, str | int | float | bool) and not k.startswith(("ls_", "langgraph_"))
+        if isinstance(v, str | int | float | bool)
+        and k not in _TRACING_METADATA
+        and not k.startswith(_TRACING_PREFIXES)
     }
     return DebateTrace(
         run_id=run_id,
-        thread_id=thread,
-        problem_id=str(state.get("problem_id", metadata.get("problem_id", thread))),
+        thread_id=_thread(run_id, debate, state.get("problem_id")),
+        problem_id=str(state.get("problem_id", metadata.get("problem_id", debate[0]))),
         question=state["question"],
         reference=state.get("reference"),
         consensus=verdict.get("consensus"),
@@ -205,6 +311,7 @@ def _trace(run_id: str, thread: str, run: Any) -> DebateTrace:
         responses=[Response(**r) for r in state.get("responses", [])],  # type: ignore[typeddict-item]
         summaries=[Response(**r) for r in state.get("summaries", [])],  # type: ignore[typeddict-item]
         metadata=metadata,
+        checkpoint_ns=debate[1],
     )
 
 

@@ -86,15 +86,48 @@ def redact(text: str) -> str:
 def scrub_exception(exc: BaseException) -> BaseException:
     """Redact keys from ``exc``'s message in place (type kept, so retry decisions still work).
 
-    LangGraph stores a failed task's exception as ``repr(exc)`` in the checkpoint, and
-    ``repr`` is built from ``args``, so those are what must be clean.
+    LangGraph stores a failed task's exception as ``repr(exc)`` in the checkpoint, ``repr`` is
+    built from ``args``, and a tracer uploads ``traceback.format_exception(exc)``, which also
+    prints the exceptions it was raised from and its notes: all of those are cleaned.
     """
+    seen: set[int] = set()
+    pending = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        _scrub_one(current)
+        pending += [e for e in (current.__cause__, current.__context__) if e is not None]
+    return exc
+
+
+def redact_value(value: Any) -> Any:
+    """``value`` with :func:`redact` applied to every string in it (dicts and lists copied)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {k: redact_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_value(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(redact_value(v) for v in value)
+    return value
+
+
+def _scrub_one(exc: BaseException) -> None:
     exc.args = tuple(redact(a) if isinstance(a, str) else a for a in exc.args)
+    body = getattr(exc, "body", None)  # the provider's error body (openai's APIStatusError)
+    if isinstance(body, str | Mapping | list):
+        with contextlib.suppress(AttributeError):
+            exc.body = redact_value(body)  # type: ignore[attr-defined]
     message = getattr(exc, "message", None)
     if isinstance(message, str):
         with contextlib.suppress(AttributeError):  # a read-only property stays as it is
             exc.message = redact(message)  # type: ignore[attr-defined]
-    return exc
+    notes = getattr(exc, "__notes__", None)
+    if isinstance(notes, list):
+        notes[:] = [redact(n) if isinstance(n, str) else n for n in notes]
 
 
 def check_no_secrets(values: Mapping[str, Any], where: str) -> None:

@@ -13,9 +13,16 @@ submitted; resuming passes no input and writes none), so filtering on it as well
 checkpoint per thread instead of every step's (8 per two-round debate). Reading is linear in
 the threads (``benchmarks/traces_scaling.py``: 10,000 threads in 6.8 s on a 2-core machine,
 most of it rebuilding the lists below), so no saver-specific SQL is needed.
-Each thread's final state is then its latest checkpoint (``get_tuple`` without an id). A
-thread whose latest state has no ``consensus`` (``vote`` never ran: still running, killed or
+Each debate's final state is then its latest checkpoint (``get_tuple`` without an id). A
+debate whose latest state has no ``consensus`` (``vote`` never ran: still running, killed or
 failed) is reported in :attr:`RunTraces.unfinished`, never treated as done.
+
+A debate is one checkpoint namespace of one thread: the root namespace of a ``run_debates``
+thread, or the subgraph namespace (``"debate:<task id>"``) of a debate that an app embeds, which
+runs in the app's thread, possibly several times (one namespace each). An app tags its debates
+by invoking itself with ``config={"metadata": {"mafl_run_id": run_id}}``; its own checkpoints
+then carry the tag too, and a namespace that holds another tagged namespace of its thread
+is the app around the debates, not a debate, and is left out.
 
 The ``responses`` and ``summaries`` lists and the question are not in that checkpoint: they are
 delta channels (see :mod:`mafl_graph.debate.state`), rebuilt from the thread's stored writes, which
@@ -30,7 +37,9 @@ all work. Async-only savers (``AsyncSqliteSaver``, ``AsyncPostgresSaver``) need
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import re
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -61,6 +70,7 @@ class DebateTrace:
 
     run_id: str
     thread_id: str
+    """The thread it ran in: ``<run_id>/<problem id>`` under ``run_debates``, else the app's."""
     problem_id: str
     question: str
     reference: str | None
@@ -73,6 +83,9 @@ class DebateTrace:
     summaries: list[Response] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
     """The checkpoint metadata of the final state (run_id, problem_id, iteration, step…)."""
+    checkpoint_ns: str = ""
+    """Its checkpoint namespace in the thread: "" for a ``run_debates`` debate, the subgraph's
+    (e.g. ``"debate:<task id>"``) for one embedded in an app; with ``thread_id``, its identity."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +97,9 @@ class UnfinishedThread:
     step: int | None
     """The LangGraph step of its latest checkpoint."""
     error: str | None = None
-    """The error a task of that step raised, where one did."""
+    """The error a task of that step raised, where one did: ``Type: message``, keys redacted."""
+    checkpoint_ns: str = ""
+    """As in :class:`DebateTrace`."""
 
 
 @dataclass(frozen=True)
@@ -117,8 +132,8 @@ def read_traces(
     """
     query = _query(run_id, filter)
     try:
-        threads = _thread_ids(t for t in checkpointer.list(None, filter=query))
-        latest = [checkpointer.get_tuple(_config(t)) for t in threads]
+        threads = _debates(t for t in checkpointer.list(None, filter=query))
+        latest = [checkpointer.get_tuple(_config(*t)) for t in threads]
         histories = [
             checkpointer.get_delta_channel_history(config=saved.config, channels=list(_DELTAS))
             if saved is not None and _finished(saved)
@@ -141,8 +156,8 @@ async def aread_traces(
 ) -> RunTraces:
     """:func:`read_traces` through the saver's async methods (for async-only savers)."""
     query = _query(run_id, filter)
-    threads = _thread_ids([t async for t in checkpointer.alist(None, filter=query)])
-    latest = [await checkpointer.aget_tuple(_config(t)) for t in threads]
+    threads = _debates([t async for t in checkpointer.alist(None, filter=query)])
+    latest = [await checkpointer.aget_tuple(_config(*t)) for t in threads]
     histories = [
         await checkpointer.aget_delta_channel_history(config=saved.config, channels=list(_DELTAS))
         if saved is not None and _finished(saved)
@@ -173,18 +188,30 @@ def _query(run_id: str, extra: Mapping[str, Any] | None) -> dict[str, Any]:
     return {**(extra or {}), RUN_KEY: run_id, "source": "input"}
 
 
-def _thread_ids(tuples: Any) -> list[str]:
-    """Distinct root-namespace thread ids, sorted so that every reader sees one order."""
-    found = {
-        t.config["configurable"]["thread_id"]
-        for t in tuples
-        if not t.config["configurable"].get("checkpoint_ns")
-    }
-    return sorted(found)
+def _debates(tuples: Any) -> list[tuple[str, str]]:
+    """The distinct (thread id, checkpoint namespace) pairs that are debates, sorted so that
+    every reader sees one order (see the module docstring for what is left out)."""
+    spaces: dict[str, set[str]] = {}
+    for t in tuples:
+        configurable = t.config["configurable"]
+        spaces.setdefault(configurable["thread_id"], set()).add(
+            configurable.get("checkpoint_ns") or ""
+        )
+    return sorted(
+        (thread, ns)
+        for thread, found in spaces.items()
+        for ns in found
+        if not any(other != ns and within_namespace(other, ns) for other in found)
+    )
 
 
-def _config(thread_id: str) -> Any:
-    return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+def within_namespace(ns: str, outer: str) -> bool:
+    """Whether namespace ``ns`` lies within ``outer`` (LangGraph joins levels with "|")."""
+    return outer == "" or ns.startswith(outer + "|")
+
+
+def _config(thread_id: str, checkpoint_ns: str = "") -> Any:
+    return {"configurable": {"thread_id": thread_id, "checkpoint_ns": checkpoint_ns}}
 
 
 def _finished(saved: CheckpointTuple) -> bool:
@@ -193,13 +220,13 @@ def _finished(saved: CheckpointTuple) -> bool:
 
 def _collect(
     run_id: str,
-    threads: list[str],
+    threads: list[tuple[str, str]],
     latest: list[CheckpointTuple | None],
     histories: list[Mapping[str, Any]],
 ) -> RunTraces:
     traces: list[DebateTrace] = []
     unfinished: list[UnfinishedThread] = []
-    for thread, saved, history in zip(threads, latest, histories, strict=True):
+    for (thread, ns), saved, history in zip(threads, latest, histories, strict=True):
         if saved is None:  # deleted between list and get
             continue
         values = saved.checkpoint["channel_values"]
@@ -209,7 +236,7 @@ def _collect(
         problem_id = str(values.get("problem_id", metadata.get("problem_id", thread)))
         if not _finished(saved):
             unfinished.append(
-                UnfinishedThread(thread, problem_id, metadata.get("step"), _error(saved))
+                UnfinishedThread(thread, problem_id, metadata.get("step"), _error(saved), ns)
             )
             continue
         traces.append(
@@ -225,6 +252,7 @@ def _collect(
                 responses=_responses(values, history, "responses", thread),
                 summaries=_responses(values, history, "summaries", thread),
                 metadata=metadata,
+                checkpoint_ns=ns,
             )
         )
     return RunTraces(run_id, traces, unfinished)
@@ -257,15 +285,50 @@ def _rebuilt(values: Mapping[str, Any], history: Mapping[str, Any], key: str) ->
 
 
 def _error(saved: CheckpointTuple) -> str | None:
-    """The error that stopped the thread's last step.
+    """The error that stopped the thread's last step; of several, the first in sort order.
 
     Savers keep an exception as its ``repr`` (a str). When one task fails, LangGraph cancels
     its siblings and records a CancelledError for each: the cause is the other one.
     """
-    errors = [
-        value if isinstance(value, str) else f"{type(value).__name__}: {value}"
+    errors = sorted(  # in sort order, so that every reader picks the same one
+        error_message(value)
         for _task, channel, value in saved.pending_writes or []
         if channel == _ERROR_CHANNEL
-    ]
+    )
     causes = [e for e in errors if not e.startswith("CancelledError")]
-    return redact((causes or errors or [""])[0]) or None
+    found = causes or errors
+    return found[0] if found else None
+
+
+_REPR = re.compile(r"^(?P<type>[A-Za-z_][\w.]*)\((?P<args>.*)\)$", re.S)
+_FRAME = re.compile(r"^(\s|Traceback \(most recent call last\):|During handling|The above)")
+
+
+def error_message(error: Any) -> str:
+    """An error as ``Type: message``, keys redacted, however it was kept.
+
+    The form every reader reports: from an exception, its ``repr`` (how savers store it), or a
+    traced run's error (the ``repr`` followed by the formatted traceback, whose last exception
+    line is taken, without file paths).
+    """
+    if isinstance(error, BaseException):
+        text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        return redact(text)
+    text = str(error).strip()
+    if "Traceback (most recent call last):" in text:
+        lines = text.splitlines()
+        last = max(i for i, line in enumerate(lines) if _FRAME.match(line))
+        text = "\n".join(lines[last + 1 :]).strip() or text
+        name, sep, message = text.partition(": ")
+        if "." in name and " " not in name:  # a module-qualified type, as tracebacks print it
+            text = name.rsplit(".", 1)[1] + sep + message
+    elif (found := _REPR.match(text)) is not None:
+        try:
+            args = ast.literal_eval(f"({found['args']},)")
+        except (ValueError, SyntaxError):
+            args = None
+        if isinstance(args, tuple):
+            name = found["type"].rsplit(".", 1)[-1]
+            message = str(args[0]) if len(args) == 1 else (str(args) if args else "")
+            text = f"{name}: {message}" if message else name
+    return redact(text)

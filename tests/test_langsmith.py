@@ -143,6 +143,8 @@ def test_datasets_from_langsmith_equal_datasets_from_the_checkpointer():
         )
         assert ls.responses == cp.responses and ls.summaries == cp.summaries
         assert ls.metadata["iteration"] == 2 and ls.metadata["mafl_run_id"] == "r1"
+        # The run's metadata as the checkpoints hold it, none of LangSmith's own additions.
+        assert ls.metadata.items() <= cp.metadata.items()
     built = build_datasets(from_langsmith, task)
     assert built == build_datasets(from_checkpoints, task)
     assert built[(1, "critic")].stats.wrong_first == 4  # agent 1 corrected itself each time
@@ -152,6 +154,13 @@ def test_datasets_from_langsmith_equal_datasets_from_the_checkpointer():
     assert (unfinished.problem_id, unfinished.thread_id) == ("echo-4", "r1/echo-4")
     assert "provider exploded" in (unfinished.error or "")
     assert [u.problem_id for u in from_checkpoints.unfinished] == ["echo-4"]
+    # Both readers give the same error: the exception's type and message, naming the call.
+    assert unfinished.error == from_checkpoints.unfinished[0].error
+    assert re.fullmatch(
+        r"RuntimeError: scripted \(generator of agent \d, round 1, problem echo-4\): "
+        r"provider exploded",
+        unfinished.error or "",
+    )
     assert len(wrong_run) == 0 and wrong_run.unfinished == []
     # The server was asked for this run's runs only (the filter is what LangSmith parses).
     assert any('eq(metadata_value, "r1")' in q.get("filter", "") for q in fake.queries)

@@ -16,7 +16,7 @@ from langgraph.types import RetryPolicy
 from mafl_graph.debate.nodes import DebateNodes
 from mafl_graph.debate.prompts import DebatePrompts
 from mafl_graph.debate.size import DebateShape
-from mafl_graph.debate.state import DebateInput, DebateState
+from mafl_graph.debate.state import DebateInput, DebateState, output_schema
 from mafl_graph.models import is_transient
 from mafl_graph.society import Society
 from mafl_graph.tasks.base import Task
@@ -63,6 +63,7 @@ def create_debate_graph(
     prompts: DebatePrompts | None = None,
     seed: int = 0,
     retry_policy: RetryPolicy | None = DEFAULT_RETRY,
+    output_key: str | None = None,
 ) -> StateGraph:
     """An uncompiled debate graph: compile it with the checkpointer, store and cache you want.
 
@@ -70,6 +71,18 @@ def create_debate_graph(
     agents' answers (or, with ``summarize``, the summarizer's summary of them); ``vote`` takes
     the equivalence-clustered majority of the final round, ties broken by ``seed``.
     ``retry_policy``: how model nodes retry (default :func:`transient_retry`; None: never).
+
+    ``output_key``: for a graph embedded in another one. The graph's output (what ``invoke``
+    returns, and what a parent graph that adds it as a node receives) is then only
+    ``{output_key: DebateRecord}`` (consensus, correctness, the transcript), so the debate never
+    writes the host's own keys, whatever their names. Its input stays ``problem_id``,
+    ``question`` and ``reference``. Without it the output is the whole debate state
+    (:class:`DebateState`), which :func:`run_debates` and Studio show.
+
+    Tag a debate for reading back with ``config={"metadata": {"mafl_run_id": run_id}}`` when the
+    app is invoked: every checkpoint and traced run of the debate carries it, and
+    :func:`mafl_graph.read_traces` / :func:`mafl_graph.langsmith.read_traces_langsmith` find
+    the debates of ``run_id`` wherever they sit in the app.
     """
     if not isinstance(task, Task):
         raise TypeError(f"task must implement mafl_graph.Task; got {type(task).__name__}.")
@@ -80,6 +93,15 @@ def create_debate_graph(
             f"A debate of {rounds} rounds needs at least 2 agents (one has nobody to debate); "
             "use more agents or rounds=1."
         )
+    if output_key is not None and (
+        not isinstance(output_key, str)
+        or not output_key
+        or output_key in DebateState.__annotations__
+    ):
+        raise ValueError(
+            f"output_key must be a name that is not one of the debate's own keys "
+            f"({', '.join(DebateState.__annotations__)}); got {output_key!r}."
+        )
     nodes = DebateNodes(
         society,
         task,
@@ -87,8 +109,14 @@ def create_debate_graph(
         summarize=summarize,
         prompts=prompts or getattr(task, "prompts", None) or DebatePrompts(),
         seed=seed,
+        output_key=output_key,
     )
-    builder = StateGraph(DebateState, input_schema=DebateInput)
+    if output_key is None:
+        builder = StateGraph(DebateState, input_schema=DebateInput)
+    else:
+        builder = StateGraph(
+            DebateState, input_schema=DebateInput, output_schema=output_schema(output_key)
+        )
     builder.add_node("generate", nodes.generate, retry_policy=retry_policy)
     builder.add_node("next_round", nodes.next_round, destinations=("summarize", "critique", "vote"))
     builder.add_node(

@@ -8,14 +8,18 @@ channels (see :class:`AgentTurn` for why).
 
 from __future__ import annotations
 
+import contextlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from langchain_core.callbacks import BaseCallbackHandler, BaseCallbackManager
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from langchain_core.runnables.config import merge_configs
+from langgraph.errors import GraphBubbleUp
 from langgraph.types import Command, Send
 
 from mafl_graph.debate.journal import JOURNAL_KEY, ReplyJournal
@@ -23,6 +27,7 @@ from mafl_graph.debate.prompts import DebatePrompts, format_answers
 from mafl_graph.debate.state import (
     AgentTurn,
     ChatTurn,
+    DebateRecord,
     DebateState,
     ResponseDelta,
     Role,
@@ -31,7 +36,7 @@ from mafl_graph.debate.state import (
 )
 from mafl_graph.grading import Verdict, majority_vote
 from mafl_graph.models import CONTINUED_KEY, EmptyReplyError, model_label
-from mafl_graph.redact import scrub_exception
+from mafl_graph.redact import redact, redact_value, scrub_exception
 from mafl_graph.society import Society
 from mafl_graph.tasks.base import Problem, Task, grade_answer
 
@@ -74,8 +79,10 @@ class DebateNodes:
         summarize: bool,
         prompts: DebatePrompts,
         seed: int,
+        output_key: str | None = None,
     ) -> None:
         self.society = society
+        self.output_key = output_key
         self.task = task
         self.rounds = rounds
         self.summarize_answers = summarize
@@ -88,7 +95,12 @@ class DebateNodes:
     # Routing ---------------------------------------------------------------------------
 
     def fan_out(self, state: DebateState) -> list[Send]:
-        """Round 1: every agent answers the question independently."""
+        """Round 1: every agent answers the question independently.
+
+        The graph's entry, so the input is checked here: a host graph whose state lacks a key
+        gets an error naming it, not a ``KeyError`` from inside a model node.
+        """
+        check_input(state)
         return [self._turn("generate", state, agent, 1) for agent in range(len(self.society))]
 
     def next_round(self, state: DebateState) -> Command[Any]:
@@ -194,7 +206,7 @@ class DebateNodes:
             try:
                 reply = kept or call.model.invoke(sent, self._call_config(call, config))
             except Exception as exc:  # LangGraph records it in the checkpoint: no keys there
-                scrub_exception(exc)
+                _failed(call, exc)
                 raise
             return finish(turn, self._accepted(call, reply, journal, kept))
 
@@ -206,7 +218,7 @@ class DebateNodes:
             try:
                 reply = kept or await call.model.ainvoke(sent, self._call_config(call, config))
             except Exception as exc:
-                scrub_exception(exc)
+                _failed(call, exc)
                 raise
             return finish(turn, self._accepted(call, reply, journal, kept))
 
@@ -241,7 +253,11 @@ class DebateNodes:
         if "iteration" in inherited:
             tags.append(f"iteration:{inherited['iteration']}")
         run_name = "summarizer" if call.role == "summarizer" else f"{call.role}[{call.agent}]"
-        return merge_configs(config, {"run_name": run_name, "tags": tags, "metadata": metadata})
+        merged = merge_configs(config, {"run_name": run_name, "tags": tags, "metadata": metadata})
+        # The model reports a failure to the callbacks before this node sees it: the redacting
+        # handler goes first, so no tracer uploads a key that the provider's error echoes.
+        merged["callbacks"] = redacting_callbacks(merged.get("callbacks"))
+        return merged
 
     def _response(self, call: _Call, reply: BaseMessage) -> ResponseDelta:
         """The call's response as the state stores it: its new turns, not its history."""
@@ -249,10 +265,7 @@ class DebateNodes:
         if not text.strip():
             # Nothing to grade and nothing to debate: the others would be shown a blank answer.
             # Raised (and retried by the node's policy) rather than recorded as a wrong answer.
-            raise EmptyReplyError(
-                f"{model_label(call.model)} ({call.role} of agent {call.agent}, round "
-                f"{call.round}) returned an empty reply"
-            )
+            raise EmptyReplyError(f"{_where(call)} returned an empty reply")
         answer = None if call.role == "summarizer" else self.task.extract_answer(text)
         response = ResponseDelta(
             agent=call.agent,
@@ -291,12 +304,24 @@ class DebateNodes:
             verdict = grade_answer(self.task, vote.answer, reference)
             undecided += verdict is Verdict.UNDECIDED
             correct = None if verdict is Verdict.UNDECIDED else verdict is Verdict.EQUIVALENT
-        return {
+        verdict_keys: dict[str, Any] = {
             "consensus": vote.answer,
             "consensus_fraction": vote.fraction,
             "correct": correct,
             "undecided": undecided,
         }
+        if self.output_key is None:
+            return verdict_keys
+        record = DebateRecord(
+            problem_id=state["problem_id"],
+            consensus=vote.answer,
+            consensus_fraction=vote.fraction,
+            correct=correct,
+            undecided=undecided,
+            responses=list(state.get("responses", [])),
+            summaries=list(state.get("summaries", [])),
+        )
+        return {**verdict_keys, self.output_key: record}
 
 
 @dataclass(frozen=True)
@@ -337,7 +362,58 @@ def _node_runnable(run: Callable[..., Any], arun: Callable[..., Any], name: str)
         from langgraph._internal._runnable import RunnableCallable
     except ImportError:  # pragma: no cover - depends on the installed langgraph
         return RunnableLambda(run, afunc=arun, name=name)
-    return RunnableCallable(run, arun, name=name)
+    # Untraced: LangGraph traces the node itself, under the same name.
+    return RunnableCallable(run, arun, name=name, trace=False)
+
+
+def check_input(state: DebateState) -> None:
+    """Refuse a debate input without a problem id or a question, naming what is missing."""
+    missing = [key for key in ("problem_id", "question") if not state.get(key)]
+    if missing:
+        given = sorted(k for k, v in state.items() if v not in (None, "", []))
+        raise ValueError(
+            f"The debate's input has no {' and no '.join(missing)} (it needs problem_id and "
+            f"question; reference is optional); it was given {given or 'nothing'}. A host "
+            "graph passes them under these names in its state, or calls the debate with them."
+        )
+
+
+def _where(call: _Call) -> str:
+    """Which call of which debate: the model, its role, agent, round and problem."""
+    return (
+        f"{model_label(call.model)} ({call.role} of agent {call.agent}, round {call.round}, "
+        f"problem {call.problem_id})"
+    )
+
+
+_CALL = re.compile(r" \((?:generator|critic|summarizer) of agent \d+, round \d+, problem [^()]*\)")
+
+
+def without_call(error: str) -> str:
+    """``error`` without the call it names (see :func:`_where`): the same reason for every call
+    that failed alike, e.g. to report a wrong key once for a whole run."""
+    return _CALL.sub("", error, count=1)
+
+
+def _failed(call: _Call, exc: BaseException) -> None:
+    """Clean a failed call's exception of keys and say which call failed, in its message.
+
+    In place, so the type (which the retry policy reads) is kept; once per exception.
+    """
+    scrub_exception(exc)
+    if isinstance(exc, GraphBubbleUp) or getattr(exc, "_mafl_where", False):
+        return
+    where = _where(call)
+    if exc.args and isinstance(exc.args[0], str):
+        exc.args = (f"{where}: {exc.args[0]}", *exc.args[1:])
+    elif not exc.args:
+        exc.args = (where,)
+    message = getattr(exc, "message", None)
+    if isinstance(message, str) and not message.startswith(where):
+        with contextlib.suppress(AttributeError):
+            exc.message = f"{where}: {message}"  # type: ignore[attr-defined]
+    with contextlib.suppress(AttributeError):
+        exc._mafl_where = True  # type: ignore[attr-defined]
 
 
 def _state(turn: AgentTurn, config: RunnableConfig) -> DebateState:
@@ -367,3 +443,62 @@ def _to_turns(messages: list[BaseMessage]) -> list[ChatTurn]:
 
 def _as_input(call: _Call) -> list[dict[str, Any]]:
     return [dict(turn) for turn in call.messages]
+
+
+class RedactingCallbackHandler(BaseCallbackHandler):
+    """Cleans a failed model call's exception before any other handler (a tracer) sees it.
+
+    A chat model reports its error to the callbacks inside ``invoke``, before the caller's
+    ``except`` can clean it; LangChain's tracer turns it into the run's uploaded ``error``
+    there and then. Handlers run in list order, inline ones first, so this one goes at the
+    front (:func:`redacting_callbacks`) and runs inline.
+    """
+
+    run_inline = True
+    raise_error = False
+
+    def on_llm_error(self, error: BaseException, **kwargs: Any) -> None:
+        scrub_exception(error)
+        # What the model made of the failed response (langchain-core keeps the provider's
+        # error body in its ``response_metadata``); the tracer uploads it as the run's outputs.
+        response = kwargs.get("response")
+        for generations in getattr(response, "generations", None) or []:
+            for generation in generations:
+                generation.generation_info = redact_value(generation.generation_info)
+                message = getattr(generation, "message", None)
+                if message is not None:
+                    message.response_metadata = redact_value(message.response_metadata)
+                    message.additional_kwargs = redact_value(message.additional_kwargs)
+                    if isinstance(message.content, str):
+                        message.content = redact(message.content)
+        if response is not None and getattr(response, "llm_output", None):
+            response.llm_output = redact_value(response.llm_output)
+
+    def on_chain_error(self, error: BaseException, **kwargs: Any) -> None:
+        scrub_exception(error)
+
+    def on_tool_error(self, error: BaseException, **kwargs: Any) -> None:
+        scrub_exception(error)
+
+    def on_retriever_error(self, error: BaseException, **kwargs: Any) -> None:
+        scrub_exception(error)
+
+
+_REDACTOR = RedactingCallbackHandler()
+
+
+def redacting_callbacks(callbacks: Any) -> Any:
+    """``callbacks`` (a list, a manager or None) with the redacting handler first."""
+    if callbacks is None:
+        return [_REDACTOR]
+    if isinstance(callbacks, list):
+        return [_REDACTOR, *(h for h in callbacks if h is not _REDACTOR)]
+    if isinstance(callbacks, BaseCallbackManager):
+        manager = callbacks.copy()
+        manager.handlers = [_REDACTOR, *(h for h in manager.handlers if h is not _REDACTOR)]
+        manager.inheritable_handlers = [
+            _REDACTOR,
+            *(h for h in manager.inheritable_handlers if h is not _REDACTOR),
+        ]
+        return manager
+    return callbacks

@@ -290,6 +290,8 @@ async def _debate(
             # is done: a thread killed mid-step came back with an empty ``next`` under
             # langgraph 1.2.24 and still resumed (tests/test_kill_resume.py).
             saved = await _run_graph(graph, None, config, started)
+        if "consensus_fraction" not in saved:  # a graph with output_key streams its record only
+            saved = (await graph.aget_state(config)).values
     except Exception as exc:  # one bad problem must not sink the run
         return DebateResult(problem.id, problem.question, problem.answer, error=_describe(exc))
     if journal is not None:

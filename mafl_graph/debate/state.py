@@ -155,6 +155,27 @@ class DebateState(DebateInput, total=False):
     """Grades of the vote (clustering and correctness) that ran out of time."""
 
 
+class DebateRecord(TypedDict):
+    """A finished debate as one value: what a graph made with ``output_key`` hands back.
+
+    Under one key of the caller's choosing, so a host graph's own keys (``responses``,
+    ``correct``, ``question`` …) are never written by the debate.
+    """
+
+    problem_id: str
+    consensus: str | None
+    consensus_fraction: float
+    correct: bool | None
+    undecided: int
+    responses: list[Response]
+    summaries: list[Response]
+
+
+def output_schema(output_key: str) -> type:
+    """The output schema of a debate graph that hands back only ``{output_key: DebateRecord}``."""
+    return TypedDict("DebateOutput", {output_key: DebateRecord})  # type: ignore[operator]
+
+
 class AgentTurn(TypedDict):
     """What one fanned-out node call (a ``Send``) receives: whose turn it is.
 
