@@ -362,8 +362,7 @@ def _node_runnable(run: Callable[..., Any], arun: Callable[..., Any], name: str)
         from langgraph._internal._runnable import RunnableCallable
     except ImportError:  # pragma: no cover - depends on the installed langgraph
         return RunnableLambda(run, afunc=arun, name=name)
-    # Untraced: LangGraph traces the node itself, under the same name.
-    return RunnableCallable(run, arun, name=name, trace=False)
+    return RunnableCallable(run, arun, name=name)
 
 
 def check_input(state: DebateState) -> None:
@@ -456,6 +455,12 @@ class RedactingCallbackHandler(BaseCallbackHandler):
 
     run_inline = True
     raise_error = False
+
+    def on_chat_model_start(
+        self, serialized: dict[str, Any], messages: list[list[BaseMessage]], **kwargs: Any
+    ) -> None:
+        """Nothing to do; defined so that LangChain does not turn every prompt into one
+        string for ``on_llm_start``, as it does for a handler without it."""
 
     def on_llm_error(self, error: BaseException, **kwargs: Any) -> None:
         scrub_exception(error)
