@@ -69,7 +69,7 @@ class ScriptedModel(BaseChatModel):
             self._calls.append(messages)
             if self.log_path:
                 with open(self.log_path, "a") as log:
-                    log.write(f"{self.label}\t{messages[-1].text[:60]!r}\n")
+                    log.write(f"{self.label}\t{messages[-1].text[:60]!r}\t{text!r}\n")
         return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
 
 
