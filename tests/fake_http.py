@@ -7,6 +7,8 @@ records every request so tests can count uploads and job creations.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +30,22 @@ class Call:
 
 
 Handler = Callable[[Call], tuple[int, Any]]
+
+
+def stop(pid: int) -> None:
+    """SIGSTOP ``pid`` (a child of this process) and return once all its threads have stopped.
+
+    kill() only queues the signal: one thread of the process is woken to start the stop, and the
+    others run until it gets a CPU. On a loaded machine a thread waiting on a socket could still
+    read an answer sent right after kill() and record it (a killed loop's ledger once held the
+    file whose answer the kill was to cut off). The parent is told of the stop only when the
+    last thread has stopped; WNOWAIT leaves that report, and an exit, for Popen to collect.
+    """
+    os.kill(pid, signal.SIGSTOP)
+    if hasattr(os, "waitid"):
+        os.waitid(os.P_PID, pid, os.WSTOPPED | os.WEXITED | os.WNOWAIT)
+    else:  # macOS before Python 3.13: consumes the stop's report; Popen still reaps the exit
+        os.waitpid(pid, os.WUNTRACED)
 
 
 @contextmanager

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from fake_http import Call
+from fake_http import Call, stop
 
 KEY = "sk-loop-test-0123456789abcdef"
 _SUM = re.compile(r"What is the result of (\d+)\+(\d+)\?")
@@ -75,8 +75,7 @@ class OpenAIWorld:
         if path == "/v1/files" and call.method == "POST":
             name, content = file_part(call.body)
             with self.lock:
-                self.uploads += 1
-                n = self.uploads
+                n = self.uploads + 1
                 file = {
                     "id": f"file-{n}",
                     "object": "file",
@@ -86,8 +85,9 @@ class OpenAIWorld:
                     "purpose": "fine-tune",
                     "status": "processed",
                 }
+                self._maybe_kill("upload", n, file)  # before any request can list the file
+                self.uploads = n
                 self.files.append(file)
-            self._maybe_kill("upload", n, file)
             return 200, file
         if path == "/v1/files" and call.method == "GET":
             purpose = query.get("purpose", [None])[0]
@@ -103,9 +103,8 @@ class OpenAIWorld:
                 )
                 digest = hashlib.sha1(body["model"].encode()).hexdigest()[:6]
                 job = {"id": f"ftjob-{body['suffix']}-{digest}-{same + 1}", **body}
+                self._maybe_kill("job", len(self.jobs) + 1, job)  # before any can list the job
                 self.jobs.append(job)
-                n = len(self.jobs)
-            self._maybe_kill("job", n, job)
             return 200, self._job(job)
         if path == "/v1/fine_tuning/jobs" and call.method == "GET":
             wanted = {
@@ -125,12 +124,12 @@ class OpenAIWorld:
         return 404, {"error": {"message": f"no route {call.method} {path}"}}
 
     def _maybe_kill(self, kind: str, n: int, made: dict[str, Any]) -> None:
-        """Stop the client now (it cannot read the answer this request is about to get), and
-        kill it once the answer has been sent."""
+        """Stop the client now, before ``made`` exists for it (it cannot read the answer this
+        request is about to get, nor list it), and kill it once the answer has been sent."""
         if self.kill_after != (kind, n) or not self.pid:
             return
         pid = self.pid
-        os.kill(pid, signal.SIGSTOP)
+        stop(pid)
         self.killed_after = made
         threading.Timer(0.2, os.kill, (pid, signal.SIGKILL)).start()
 

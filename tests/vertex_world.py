@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from fake_http import Call
+from fake_http import Call, stop
 
 TOKEN = "ya29.loop-test-token"
 _SUM = re.compile(r"What is the result of (\d+)\+(\d+)\?")
@@ -126,8 +126,8 @@ class VertexWorld:
                 "md5Hash": md5,
                 "generation": str(n),
             }
+            self._maybe_kill("upload", n, {"id": name, **stored})  # before any can read it
             self.objects[name] = stored
-        self._maybe_kill("upload", n, {"id": name, **stored})
         return 200, stored
 
     def _create(self, body: dict[str, Any]) -> tuple[int, Any]:
@@ -144,9 +144,8 @@ class VertexWorld:
                 "display": display,
                 "request": body,
             }
+            self._maybe_kill("job", len(self.jobs) + 1, job)  # before any request can list it
             self.jobs.append(job)
-            n = len(self.jobs)
-        self._maybe_kill("job", n, job)
         return 200, {**body, "name": job["name"], "state": "JOB_STATE_PENDING"}
 
     def _list(self, query: dict[str, list[str]]) -> tuple[int, Any]:
@@ -175,12 +174,12 @@ class VertexWorld:
         }
 
     def _maybe_kill(self, kind: str, n: int, made: dict[str, Any]) -> None:
-        """Stop the client now (it cannot read the answer this request is about to get), and
-        kill it once the answer has been sent."""
+        """Stop the client now, before ``made`` exists for it (it cannot read the answer this
+        request is about to get, nor list it), and kill it once the answer has been sent."""
         if self.kill_after != (kind, n) or not self.pid:
             return
         pid = self.pid
-        os.kill(pid, signal.SIGSTOP)
+        stop(pid)
         self.killed_after = made
         threading.Timer(0.2, os.kill, (pid, signal.SIGKILL)).start()
 
