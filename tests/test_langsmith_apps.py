@@ -156,6 +156,14 @@ def test_every_debate_an_app_runs_is_read_back_alike_from_langsmith_and_its_chec
     llm = [r for r in fake.runs.values() if r["run_type"] == "llm"]
     assert len(llm) == 3 * 9
     assert all(r["extra"]["metadata"]["mafl_run_id"] == "helper" for r in llm)
+    # Each model node is one run with the model's run under it, not a node run nested in a
+    # second run of the same name.
+    runs = fake.runs.values()
+    for node in ("generate", "summarize", "critique"):
+        named = [r for r in runs if r["name"] == node]
+        assert len(named) == 3 * 3, node  # 3 debates, 3 agents
+        parents = {str(r["id"]) for r in named}
+        assert not [r for r in named if str(r.get("parent_run_id")) in parents], node
 
 
 def _gateway_society(openai_url: str) -> Society:

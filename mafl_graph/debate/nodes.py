@@ -362,7 +362,9 @@ def _node_runnable(run: Callable[..., Any], arun: Callable[..., Any], name: str)
         from langgraph._internal._runnable import RunnableCallable
     except ImportError:  # pragma: no cover - depends on the installed langgraph
         return RunnableLambda(run, afunc=arun, name=name)
-    return RunnableCallable(run, arun, name=name)
+    # Untraced: LangGraph traces the node itself under the same name, so a traced runnable
+    # would be a second, redundant chain run around every model call.
+    return RunnableCallable(run, arun, name=name, trace=False)
 
 
 def check_input(state: DebateState) -> None:
