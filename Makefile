@@ -36,6 +36,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/traces_scaling.py
 	$(PY) benchmarks/lora_step.py
 	$(PY) benchmarks/grading_throughput.py
+	$(PY) benchmarks/checkpoint_size.py
+	$(PY) benchmarks/answer_save_lag.py
+	$(PY) benchmarks/kill_duplicates.py
 
 clean:
 	rm -rf $(VENV) runs
