@@ -48,6 +48,13 @@ def stop(pid: int) -> None:
         os.waitpid(pid, os.WUNTRACED)
 
 
+def stop_then_kill(pid: int, after: float = 0.2) -> None:
+    """:func:`stop` ``pid`` now and SIGKILL it ``after`` seconds later: what a provider's answer
+    sent in between cannot reach (the client dies between answer and record)."""
+    stop(pid)
+    threading.Timer(after, os.kill, (pid, signal.SIGKILL)).start()
+
+
 @contextmanager
 def serve(handler: Handler) -> Iterator[tuple[str, list[Call]]]:
     """Run ``handler`` on 127.0.0.1 at a free port; yield (``http://127.0.0.1:port``, calls)."""

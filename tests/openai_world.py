@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from fake_http import Call, stop
+from fake_http import Call, stop_then_kill
 
 KEY = "sk-loop-test-0123456789abcdef"
 _SUM = re.compile(r"What is the result of (\d+)\+(\d+)\?")
@@ -128,10 +128,8 @@ class OpenAIWorld:
         request is about to get, nor list it), and kill it once the answer has been sent."""
         if self.kill_after != (kind, n) or not self.pid:
             return
-        pid = self.pid
-        stop(pid)
+        stop_then_kill(self.pid)
         self.killed_after = made
-        threading.Timer(0.2, os.kill, (pid, signal.SIGKILL)).start()
 
     def _chat(self, body: dict[str, Any]) -> dict[str, Any]:
         messages, model = body["messages"], body["model"]

@@ -18,16 +18,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import re
-import signal
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from fake_http import Call, stop
+from fake_http import Call, stop_then_kill
 
 TOKEN = "ya29.loop-test-token"
 _SUM = re.compile(r"What is the result of (\d+)\+(\d+)\?")
@@ -178,10 +176,8 @@ class VertexWorld:
         request is about to get, nor list it), and kill it once the answer has been sent."""
         if self.kill_after != (kind, n) or not self.pid:
             return
-        pid = self.pid
-        stop(pid)
+        stop_then_kill(self.pid)
         self.killed_after = made
-        threading.Timer(0.2, os.kill, (pid, signal.SIGKILL)).start()
 
     def _chat(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
         contents = body["contents"]
