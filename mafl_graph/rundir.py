@@ -11,15 +11,116 @@ import json
 import os
 import platform
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mafl_graph.debate.run import DebateResult
 from mafl_graph.redact import check_no_secrets
 
+if TYPE_CHECKING:
+    from mafl_graph.debate.run import DebateResult
+
 _PACKAGES = ("mafl-graph", "langgraph", "langchain-core", "transformers", "torch")
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Every path of a run directory; nothing else in the package spells one.
+
+    ``mafl debate`` writes a single debate run (``debates``, ``results``, ``summary``);
+    ``mafl datasets`` and ``mafl tune`` add ``datasets_dir()`` and ``tuning_dir(k)``;
+    the loop writes one ``iteration(k)`` folder per iteration; ``mafl compare`` one
+    sub-run per method (``method(name)``).
+    """
+
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    # One run -----------------------------------------------------------------------------
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def usage(self) -> Path:
+        return self.root / "usage.json"
+
+    @property
+    def tuned(self) -> Path:
+        """The latest iteration's tuned models."""
+        return self.root / "tuned.json"
+
+    @property
+    def debates(self) -> Path:
+        """The checkpoints of ``mafl debate``."""
+        return self.root / "debates.sqlite"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.md"
+
+    def figure(self, name: str) -> Path:
+        return self.root / f"{name}.png"
+
+    # Iterations of the loop --------------------------------------------------------------
+    def iteration(self, k: int) -> Path:
+        return self.root / f"iter{k}"
+
+    def eval_db(self, k: int) -> Path:
+        """The society of iteration ``k`` (0: untuned) debating the test split."""
+        return self.iteration(k) / "eval.sqlite"
+
+    def train_db(self, k: int) -> Path:
+        return self.iteration(k) / "train.sqlite"
+
+    def datasets_dir(self, k: int | None = None) -> Path:
+        """Per-agent datasets: the loop's iteration ``k``, or ``mafl datasets``' (None)."""
+        return (self.root if k is None else self.iteration(k)) / "datasets"
+
+    def dataset_stats(self, k: int | None = None) -> Path:
+        return self.datasets_dir(k) / "stats.json"
+
+    # Tuning ------------------------------------------------------------------------------
+    def tuning_dir(self, k: int) -> Path:
+        return self.root / "tuning" / f"iter{k}"
+
+    def tuned_at(self, k: int) -> Path:
+        """Iteration ``k``'s tuned models."""
+        return self.tuning_dir(k) / "tuned.json"
+
+    def ledger(self, k: int, agent: int, role: str) -> Path:
+        return self.tuning_dir(k) / f"agent{agent}-{role}.json"
+
+    def tune_config(self, k: int, backend: str) -> Path:
+        return self.tuning_dir(k) / f"{backend}-config.json"
+
+    def adapter(self, k: int, agent: int, role: str) -> Path:
+        """Where a local tuner writes agent ``agent``'s ``role`` model of iteration ``k``."""
+        return self.root / "adapters" / f"iter{k}" / f"agent{agent}-{role}"
+
+    # Sub-runs ----------------------------------------------------------------------------
+    def method(self, name: str) -> RunLayout:
+        """A method's run inside a ``mafl compare`` directory (or a sweep's grid point)."""
+        return RunLayout(self.root / name)
+
+    def transfer(self, task: str) -> RunLayout:
+        """``mafl eval``'s evaluation of the base and tuned society on another task."""
+        return RunLayout(self.root / "transfer" / task)
 
 
 def prepare_run_dir(run_dir: Path, settings: Mapping[str, Any]) -> None:
@@ -31,7 +132,7 @@ def prepare_run_dir(run_dir: Path, settings: Mapping[str, Any]) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"the run directory {run_dir} is a file; choose a directory.")
     run_dir.mkdir(parents=True, exist_ok=True)
-    manifest = run_dir / "manifest.json"
+    manifest = RunLayout(run_dir).manifest
     settings = json.loads(json.dumps(settings))  # the form it takes on disk
     if manifest.exists():
         try:
@@ -64,8 +165,9 @@ def read_settings(manifest: Path) -> dict[str, Any]:
 def write_results(run_dir: Path, results: Sequence[DebateResult], summary: Any) -> None:
     """Results per problem (JSONL) and the summary (JSON), rewritten atomically."""
     lines = "".join(json.dumps(asdict(r)) + "\n" for r in results)
-    _write_text(run_dir / "results.jsonl", lines)
-    write_json(run_dir / "summary.json", summary)
+    layout = RunLayout(run_dir)
+    _write_text(layout.results, lines)
+    write_json(layout.summary, summary)
 
 
 def _versions() -> dict[str, str]:
