@@ -354,8 +354,8 @@ def _node_runnable(run: Callable[..., Any], arun: Callable[..., Any], name: str)
     """A node with native sync and async paths (graph.invoke and graph.ainvoke each use theirs).
 
     LangGraph's own RunnableCallable is what ``add_node`` makes of a plain function; it inspects
-    the signature once, where RunnableLambda does so on every call (a third of the graph's own
-    overhead per model call, measured by benchmarks/orchestration_overhead.py). It is internal,
+    the signature once, where RunnableLambda does so on every call (a large share of the
+    graph's own overhead per model call: benchmarks/orchestration_overhead.py). It is internal,
     so fall back to RunnableLambda if it ever moves.
     """
     try:

@@ -168,10 +168,9 @@ async def arun_debates(
         limit = asyncio.Semaphore(max_concurrency)
         # Debates start one at a time: each waits until the one before it has started its first
         # model calls. Started all at once, the first max_concurrency debates set up in lockstep
-        # on the one event loop, no call went out until all of them had (70 ms for 32), and
-        # they stayed in phase, each step's work arriving in bursts that made every call wait
-        # (benchmarks/orchestration_overhead.py at 32 concurrent calls: 1.20-1.23x the ideal
-        # wall time in lockstep, 1.09-1.10x one at a time; plain asyncio on that schedule: 1.09x).
+        # on the one event loop, no call goes out until all of them have, and they stay in
+        # phase, each step's work arriving in bursts that make every call wait
+        # (benchmarks/orchestration_overhead.py compares the two schedules).
         starting = asyncio.Lock()
         bar = tqdm(total=len(problems), desc=f"debates {run_id}", disable=not progress)
 
@@ -287,8 +286,8 @@ async def _debate(
             saved = await _run_graph(graph, start, config, started)
         elif snapshot.next or "consensus_fraction" not in saved:
             # Interrupted: finish from the last saved step. Only the vote's keys say a debate
-            # is done: a thread killed mid-step came back with an empty ``next`` under
-            # langgraph 1.2.24 and still resumed (tests/test_kill_resume.py).
+            # is done: a thread killed mid-step can come back with an empty ``next``
+            # (tests/test_kill_resume.py).
             saved = await _run_graph(graph, None, config, started)
         if "consensus_fraction" not in saved:  # a graph with output_key streams its record only
             saved = (await graph.aget_state(config)).values

@@ -20,8 +20,8 @@ class InlineSqliteSaver(SqliteSaver):
 
     Not ``AsyncSqliteSaver``: that one sends every statement to aiosqlite's worker thread and
     wakes the event loop for each result. A debate saves 7 checkpoints and about 10 task writes,
-    and those hand-offs cost more than the SQL: the runner's own CPU time per model call fell
-    from 2.0 to 1.1 ms with this saver (benchmarks/orchestration_overhead.py). A write in WAL
+    and those hand-offs cost more than the SQL (benchmarks/orchestration_overhead.py measures
+    the runner's own CPU time per model call with each saver). A write in WAL
     mode with ``synchronous=NORMAL`` takes tens of microseconds and never waits for the disk,
     so holding the loop for it is cheaper than the thread hop. The price: while another process
     holds the database's write lock, the loop waits (up to sqlite3's busy timeout, 5 s) instead
