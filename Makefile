@@ -42,7 +42,7 @@ bench: $(STAMP)
 
 # The manual as a site (mkdocs-material, API reference by mkdocstrings), into site/.
 docs: $(STAMP)
-	$(VENV)/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) runs site
