@@ -1,69 +1,59 @@
 """MultiagentFinetuning: iterations of debate(train) -> datasets -> tune -> debate(test).
 
-Every step leaves its result in the run directory before the next begins, and every step
-resumes by itself: debates from their checkpoints (a saved answer is never asked for again; one
-that arrived just before a crash, not yet saved, is: delivery is at least once), tuning from the
-tuner's ledger (a finished adapter, an upload or a created job is never redone, even when the
-crash came between the provider's answer and the ledger's record of it).
-``metrics.json`` records each finished step, so a rerun of a killed loop skips straight to
-the step it stopped in.
+Every step leaves its result in the run directory (:class:`~mafl_graph.rundir.RunLayout`)
+before the next begins, and every step resumes by itself: debates from their checkpoints (a
+saved answer is never asked for again; one that arrived just before a crash, not yet saved, is:
+delivery is at least once), tuning from the tuner's ledger (a finished adapter, an upload or a
+created job is never redone, even when the crash came between the provider's answer and the
+ledger's record of it). The metrics record each finished step, so a rerun of a killed loop
+skips straight to the step it stopped in.
 
-    <run_dir>/manifest.json           settings, seeds, package versions, model ids
-    <run_dir>/metrics.json            one record per iteration, one key per finished step
-    <run_dir>/iter0/eval.sqlite       the untuned society on the test split
-    <run_dir>/iter<k>/train.sqlite    debates of iteration k's society on the train split
-    <run_dir>/iter<k>/datasets/       its per-agent datasets (+ stats.json)
-    <run_dir>/tuning/iter<k>/         ledgers and tuned.json; adapters/iter<k>/ (local)
-    <run_dir>/iter<k>/eval.sqlite     the tuned society on the test split
-    <run_dir>/usage.json              tokens and cost of every debate call, per agent and role
+    manifest           settings, seeds, package versions, model ids
+    metrics            one record per iteration, one key per finished step
+    eval_db(0)         the untuned society on the test split
+    train_db(k)        debates of iteration k's society on the train split
+    datasets_dir(k)    its per-agent datasets (+ dataset_stats(k))
+    tuning_dir(k)      ledgers and tuned_at(k); adapter(k, agent, role) (local)
+    eval_db(k)         the tuned society on the test split
+    usage              tokens and cost of every debate call, per agent and role
 
-Three methods share this harness, so that their numbers are comparable:
-
-- ``multiagent`` (the paper): each agent's generator and critic are tuned on their own data.
-- ``single`` (STaR, and single-agent fine-tuning when iterated): one agent answers the train
-  problems alone and is tuned on its answers that match the ground truth; the evaluation
-  debate uses copies of that one model.
-- ``majority`` (majority FT): one model is tuned on every agent's first answers that agree
-  with the debate's majority; copies of it debate.
+Every method runs on this harness, so that their numbers are comparable; what differs (who is
+tuned on which data, and what society follows) is the method's
+(:class:`~mafl_graph.methods.Method`): ``multiagent`` (the paper), ``single`` (STaR),
+``majority`` (majority FT), and the ablations ``no-critics`` and ``no-summarizer``.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from langchain_core.callbacks import BaseCallbackHandler
 
 from mafl_graph.evaluate import Evaluation, evaluate_society
-from mafl_graph.finetune.datasets import (
-    DEFAULT_W,
-    AgentDataset,
-    DatasetStats,
-    Example,
-    Target,
-    build_datasets,
-    check_w,
-)
+from mafl_graph.finetune.datasets import DEFAULT_W, DatasetStats, Target, build_datasets, check_w
 from mafl_graph.finetune.export import export_datasets
 from mafl_graph.finetune.tuners.base import TunedModel, Tuner
-from mafl_graph.finetune.tuners.run import Key, load_tuned, sampling_of, tune_run, tuned_society
+from mafl_graph.finetune.tuners.registry import TunerFactory
+from mafl_graph.finetune.tuners.run import Key, load_tuned, tune_run
+from mafl_graph.methods import Method, get_method, loop_method_names
 from mafl_graph.models import model_label
-from mafl_graph.rundir import prepare_run_dir, write_json
+from mafl_graph.rundir import RunLayout, prepare_run_dir, write_json
 from mafl_graph.society import Society
 from mafl_graph.tasks.base import Problem, Task
 from mafl_graph.traces import read_traces_sqlite
 from mafl_graph.usage import UsageRecorder
 
-Method = Literal["multiagent", "single", "majority"]
-METHODS: tuple[str, ...] = ("multiagent", "single", "majority")
-TunerFactory = Callable[..., Tuner]
-"""Called as ``factory(run_dir, iteration=k)``, e.g. ``functools.partial(get_tuner, "local")``."""
+METHODS: tuple[str, ...] = loop_method_names()
+"""The built-in loop methods; :func:`~mafl_graph.methods.loop_method_names` also lists those
+registered later."""
+# Loop options a method may fix (Method.options).
+_METHOD_OPTIONS = ("summarize", "tune_critics", "evaluate_base", "target")
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +76,7 @@ class MultiagentFinetuning:
         n_test: int = 100,
         rounds: int = 2,
         summarize: bool = True,
-        method: Method = "multiagent",
+        method: str | Method = "multiagent",
         tune_critics: bool = True,
         w: float = DEFAULT_W,
         target: Target | None = None,
@@ -99,11 +89,15 @@ class MultiagentFinetuning:
         progress: bool = True,
     ) -> None:
         """
-        ``tuner``: makes the tuner of each iteration (see :data:`TunerFactory`).
+        ``tuner``: makes the tuner of each iteration and says which dataset format it takes
+        (e.g. ``TunerFactory("local", config=LocalTuneConfig(epochs=2))``).
+        ``method``: a registered method's name (:func:`~mafl_graph.methods.loop_method_names`)
+        or a :class:`~mafl_graph.methods.Method`; the options it fixes (an ablation's) win
+        over those given here.
         ``tune_critics``: False is the "without critics" ablation: only generators are
         tuned, and each agent's tuned generator also plays its critic.
-        ``target``: what training answers must agree with; by default the consensus
-        (multiagent, majority) or the ground truth (single, as STaR does).
+        ``target``: what training answers must agree with; by default the method's (the
+        consensus; the ground truth for single, as STaR does).
         ``evaluate_base``: evaluate the untuned society first (iteration 0); methods sharing
         one base can skip it after the first.
         ``diversity``: measures of a society from its evaluation, recorded per iteration
@@ -111,10 +105,9 @@ class MultiagentFinetuning:
         ``settings``: what built the society and task (model, task options, tuner config), for
         the manifest: a rerun with other settings is refused, not mixed in.
         ``callbacks``: see every model call of every debate, beside the loop's own
-        :class:`~mafl_graph.usage.UsageRecorder` (``<run_dir>/usage.json``).
+        :class:`~mafl_graph.usage.UsageRecorder` (``RunLayout.usage``).
         """
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}.")
+        self.method = _loop_method(method)
         for name, value, least in (
             ("iterations", iterations, 0),
             ("n_train", n_train, 1),
@@ -126,14 +119,27 @@ class MultiagentFinetuning:
                 raise ValueError(f"{name} must be at least {least}; got {value}.")
         if rounds > 1 and len(society) < 2:
             raise ValueError(f"A debate of {rounds} rounds needs at least 2 agents; use rounds=1.")
+        if not isinstance(getattr(tuner, "dataset_format", None), str):
+            # Datasets are exported in the tuner's format before any tuner is built.
+            raise TypeError(
+                f"tuner must say its dataset format, as a TunerFactory does (e.g. "
+                f"TunerFactory('local', config=LocalTuneConfig())); got {tuner!r}."
+            )
+        fixed = {
+            "summarize": summarize,
+            "tune_critics": tune_critics,
+            "evaluate_base": evaluate_base,
+            "target": target,
+            **self.method.options,
+        }
         self.society, self.task, self.tuner = society, task, tuner
         self.iterations, self.n_train, self.n_test = iterations, n_train, n_test
-        self.rounds, self.summarize, self.method = rounds, summarize, method
-        self.tune_critics = tune_critics and method == "multiagent" and rounds > 1
+        self.rounds, self.summarize = rounds, bool(fixed["summarize"])
+        self.tune_critics = bool(fixed["tune_critics"]) and self.method.tunes_critics and rounds > 1
         self.w = check_w(w)
-        self.target: Target = target or ("reference" if method == "single" else "consensus")
+        self.target: Target = fixed["target"] or self.method.default_target
         self.seed, self.concurrency = seed, concurrency
-        self.evaluate_base, self.diversity = evaluate_base, diversity
+        self.evaluate_base, self.diversity = bool(fixed["evaluate_base"]), diversity
         self.extra_settings = dict(settings or {})
         self.callbacks = list(callbacks)
         self.progress = progress
@@ -142,7 +148,7 @@ class MultiagentFinetuning:
         """What the manifest pins (``iterations`` is left out: a finished run may be extended)."""
         return {
             **self.extra_settings,
-            "method": self.method,
+            "method": self.method.recorded_as,
             "agents": len(self.society),
             "models": _model_ids(self.society),
             "task": self.task.name,
@@ -158,8 +164,8 @@ class MultiagentFinetuning:
 
     def run(self, run_dir: str | Path) -> list[dict[str, Any]]:
         """Run (or resume) every iteration; returns the per-iteration metrics."""
-        run_dir = Path(run_dir)
-        prepare_run_dir(run_dir, self.settings())
+        layout = RunLayout(run_dir)
+        prepare_run_dir(layout.root, self.settings())
         train = self.task.load("train", self.n_train)
         test = self.task.load("test", self.n_test)
         if overlap := {p.question for p in train} & {p.question for p in test}:
@@ -167,25 +173,25 @@ class MultiagentFinetuning:
                 f"{len(overlap)} test question(s) also appear in the train split (e.g. "
                 f"{next(iter(overlap))!r}); a tuned society would be graded on what it learned."
             )
-        metrics = _Metrics(run_dir / "metrics.json")
+        metrics = _Metrics(layout.metrics)
         # A resumed run adds to what the interrupted one recorded (finished calls are not redone).
-        usage = UsageRecorder(run_dir / "usage.json")
+        usage = UsageRecorder(layout.usage)
         callbacks = [usage, *self.callbacks]
         try:
             if self.evaluate_base:
-                self._evaluate(metrics, 0, self.society, test, run_dir, callbacks)
+                self._evaluate(metrics, 0, self.society, test, layout, callbacks)
             society, tuned = self.society, dict[Key, TunedModel]()
             for k in range(1, self.iterations + 1):
                 log.info("iteration %d: debating %d train problems", k, len(train))
-                trainers = self._trainers(society)
+                trainers = self.method.trainers(society)
                 metrics.step(
-                    k, "train", partial(self._debate, trainers, train, k, run_dir, callbacks)
+                    k, "train", partial(self._debate, trainers, train, k, layout, callbacks)
                 )
-                metrics.step(k, "datasets", partial(self._datasets, k, run_dir))
-                metrics.step(k, "tuning", partial(self._tune, k, run_dir, tuned))
-                tuned = load_tuned(run_dir / "tuning" / f"iter{k}" / "tuned.json")
+                metrics.step(k, "datasets", partial(self._datasets, k, layout))
+                metrics.step(k, "tuning", partial(self._tune, k, layout, tuned))
+                tuned = load_tuned(layout.tuned_at(k))
                 society = self.society_after(tuned)
-                self._evaluate(metrics, k, society, test, run_dir, callbacks)
+                self._evaluate(metrics, k, society, test, layout, callbacks)
         finally:
             usage.save()
         return metrics.records
@@ -198,7 +204,7 @@ class MultiagentFinetuning:
         k: int,
         society: Society,
         test: list[Problem],
-        run_dir: Path,
+        layout: RunLayout,
         callbacks: list[BaseCallbackHandler],
     ) -> None:
         evaluation: list[Evaluation] = []
@@ -209,7 +215,7 @@ class MultiagentFinetuning:
                 society,
                 self.task,
                 test,
-                db_path=run_dir / f"iter{k}" / "eval.sqlite",
+                db_path=layout.eval_db(k),
                 rounds=self.rounds,
                 summarize=self.summarize,
                 seed=self.seed,
@@ -237,17 +243,16 @@ class MultiagentFinetuning:
         society: Society,
         problems: list[Problem],
         k: int,
-        run_dir: Path,
+        layout: RunLayout,
         callbacks: list[BaseCallbackHandler],
     ) -> Any:
-        single = self.method == "single"
         return evaluate_society(
             society,
             self.task,
             problems,
-            db_path=run_dir / f"iter{k}" / "train.sqlite",
+            db_path=layout.train_db(k),
             run_id="train",
-            rounds=1 if single else self.rounds,
+            rounds=self.method.train_rounds(self.rounds),
             summarize=self.summarize,
             seed=self.seed,
             concurrency=self.concurrency,
@@ -256,17 +261,19 @@ class MultiagentFinetuning:
             progress=self.progress,
         ).as_dict()
 
-    def _datasets(self, k: int, run_dir: Path) -> dict[str, Any]:
-        traces = read_traces_sqlite(run_dir / f"iter{k}" / "train.sqlite", "train")
+    def _datasets(self, k: int, layout: RunLayout) -> dict[str, Any]:
+        traces = read_traces_sqlite(layout.train_db(k), "train")
         if not traces.traces:
             raise LoopError(f"iteration {k}: no finished train debate to learn from.")
-        n_agents = 1 if self.method == "single" else len(self.society)
         built = build_datasets(
-            traces, self.task, w=self.w, target=self.target, seed=self.seed, n_agents=n_agents
+            traces,
+            self.task,
+            w=self.w,
+            target=self.target,
+            seed=self.seed,
+            n_agents=self.method.dataset_agents(self.society),
         )
-        chosen = [d for d in built.values() if d.role == "generator" or self.tune_critics]
-        if self.method == "majority":
-            chosen = [_pooled(chosen)]
+        chosen = self.method.training_datasets(list(built.values()), tune_critics=self.tune_critics)
         usable = [d for d in chosen if d.examples]
         for empty in (d for d in chosen if not d.examples):
             log.warning(
@@ -280,25 +287,27 @@ class MultiagentFinetuning:
                 f"iteration {k}: no agent produced a training example (no answer agreed with "
                 f"the {self.target}); a stronger base, an easier task or more problems is needed."
             )
-        out = run_dir / f"iter{k}" / "datasets"
-        suffix = str(getattr(self._tuner(k, run_dir), "dataset_suffix", ".openai.jsonl"))
-        fmt = "vertex" if suffix.startswith(".vertex") else "openai"
-        result = export_datasets(usable, out, formats=[fmt], min_examples=1)
+        result = export_datasets(
+            usable, layout.datasets_dir(k), formats=[self.tuner.dataset_format], min_examples=1
+        )
         if not result.ok:
             issues = "; ".join(f"{p.name}: {i[0]}" for p, i in result.failed.items())
             raise LoopError(f"iteration {k}: exported datasets are invalid: {issues}")
         stats = {d.name: d.stats.as_dict() for d in chosen}
-        write_json(out / "stats.json", {"unfinished": len(traces.unfinished), "datasets": stats})
-        return {"unfinished": len(traces.unfinished), "datasets": stats}
+        record = {"unfinished": len(traces.unfinished), "datasets": stats}
+        write_json(layout.dataset_stats(k), record)
+        return record
 
-    def _tune(self, k: int, run_dir: Path, previous: Mapping[Key, TunedModel]) -> dict[str, Any]:
+    def _tune(
+        self, k: int, layout: RunLayout, previous: Mapping[Key, TunedModel]
+    ) -> dict[str, Any]:
         log.info("iteration %d: tuning", k)
         started = time.perf_counter()
         outcomes = tune_run(
-            self._tuner(k, run_dir),
-            run_dir,
+            self._tuner(k, layout),
+            layout.root,
             previous=previous,
-            datasets_dir=run_dir / f"iter{k}" / "datasets",
+            datasets_dir=layout.datasets_dir(k),
         )
         if failed := [o for o in outcomes if o.tuned is None]:
             reasons = "; ".join(f"agent{o.agent}-{o.role}: {o.error}" for o in failed)
@@ -322,48 +331,33 @@ class MultiagentFinetuning:
 
     # Societies ---------------------------------------------------------------------------
 
-    def _tuner(self, k: int, run_dir: Path) -> Tuner:
-        return self.tuner(run_dir, iteration=k)
-
-    def _trainers(self, society: Society) -> Society:
-        """Who debates the train split: the society, or one agent alone (single)."""
-        if self.method == "single":
-            return Society(agents=society.agents[:1], summarizer=society.summarizer)
-        return society
+    def _tuner(self, k: int, layout: RunLayout) -> Tuner:
+        return self.tuner(layout.root, iteration=k)
 
     def society_after(self, tuned: Mapping[Key, TunedModel]) -> Society:
         """The society that the tuned models of one iteration make (by this method's rules)."""
-        if self.method in ("single", "majority"):
-            # One tuned model; its copies debate (with their own seeds, as from_model gives).
-            base = self.society.agents[0].generator
-            one = tuned[(0, "generator")].chat_model(**sampling_of(base))
-            copies = Society.from_model(one, len(self.society), summarizer=self.society.summarizer)
-            return copies
-        tuned = dict(tuned)
-        if not self.tune_critics:  # each agent's tuned generator plays its critic too
-            for (agent, role), model in list(tuned.items()):
-                if role == "generator":
-                    tuned[(agent, "critic")] = model
-        return tuned_society(self.society, tuned)
+        return self.method.society_after(self.society, tuned, tune_critics=self.tune_critics)
 
 
-def _pooled(datasets: list[AgentDataset]) -> AgentDataset:
-    """Every agent's generator examples as agent 0's: the one model majority FT trains.
-
-    Interleaved by agent, so a run cut short by ``max_steps`` still sees every agent's answers.
-    """
-    rows = itertools.zip_longest(*(d.examples for d in datasets))
-    examples: list[Example] = [
-        {**example, "agent": 0} for group in rows for example in group if example is not None
-    ]
-    stats = DatasetStats(
-        agent=0,
-        role="generator",
-        examples=len(examples),
-        candidates=sum(d.stats.candidates for d in datasets),
-        no_target=sum(d.stats.no_target for d in datasets),
-    )
-    return AgentDataset(agent=0, role="generator", examples=examples, stats=stats)
+def _loop_method(method: str | Method) -> Method:
+    """``method`` as a registered Method that runs as a loop and fixes only loop options."""
+    if not isinstance(method, Method):
+        if method not in loop_method_names():
+            raise ValueError(
+                f"method must be one of {', '.join(loop_method_names())}; got {method!r}."
+            )
+        method = get_method(method)
+    if not method.runs_as_loop:
+        raise ValueError(
+            f"method {method.name!r} does not run as a fine-tuning loop; choose one of "
+            f"{', '.join(loop_method_names())}."
+        )
+    if unknown := sorted(set(method.options) - set(_METHOD_OPTIONS)):
+        raise ValueError(
+            f"method {method.name!r} fixes {unknown}; a method may fix only "
+            f"{', '.join(_METHOD_OPTIONS)}."
+        )
+    return method
 
 
 def _model_ids(society: Society) -> list[str]:
@@ -374,7 +368,7 @@ def _model_ids(society: Society) -> list[str]:
 
 
 class _Metrics:
-    """``metrics.json``: one record per iteration, one key per finished step, saved at once."""
+    """The run's metrics: one record per iteration, one key per finished step, saved at once."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -15,8 +15,8 @@ from typing import Any
 from openai_world import KEY
 
 from mafl_graph import Arithmetic, Society
-from mafl_graph.finetune.tuners import Backoff, OpenAITuneConfig, OpenAITuner
-from mafl_graph.loop import MultiagentFinetuning
+from mafl_graph.finetune.tuners import Backoff, OpenAITuneConfig
+from mafl_graph.loop import MultiagentFinetuning, TunerFactory
 
 
 def run_loop(run_dir: Path, url: str, **options: Any) -> list[dict[str, Any]]:
@@ -28,13 +28,10 @@ def run_loop(run_dir: Path, url: str, **options: Any) -> list[dict[str, Any]]:
     client = openai.OpenAI(base_url=url + "/v1", max_retries=0)
     config = OpenAITuneConfig(backoff=Backoff(initial=0.01, factor=1.5, maximum=0.02))
 
-    def tuner(run_dir: Path, iteration: int) -> OpenAITuner:
-        return OpenAITuner(run_dir, iteration=iteration, client=client, config=config)
-
     loop = MultiagentFinetuning(
         Society.from_model(base, 3),
         Arithmetic(terms=2, low=0, high=30, operators="+", seed=0),
-        tuner,
+        TunerFactory("openai", client=client, config=config),
         **{
             "iterations": 2,
             "n_train": 6,
