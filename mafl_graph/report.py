@@ -15,31 +15,38 @@ from typing import Any
 
 from rich.table import Table
 
-from mafl_graph.compare import BASELINES
-
-_LABELS = {
-    "majority-vote": "majority vote (base, one sample per debate answer)",
-    "multiagent": "multiagent FT (ours)",
-    "single": "single-agent FT (STaR)",
-    "majority": "majority FT",
-    "no-summarizer": "multiagent FT without summarizer",
-    "no-critics": "multiagent FT without critics",
-}
+from mafl_graph.methods import Method, get_method, method_names
+from mafl_graph.rundir import RunLayout
 
 
 def load_metrics(run_dir: str | Path) -> dict[str, list[dict[str, Any]]]:
     """``{method: metrics}`` of a comparison directory, or ``{"loop": …}`` of one loop."""
-    run_dir = Path(run_dir)
-    if (run_dir / "metrics.json").is_file():
-        return {"loop": _read(run_dir / "metrics.json")}
-    found = {
-        name: _read(run_dir / name / "metrics.json")
-        for name in BASELINES
-        if (run_dir / name / "metrics.json").is_file()
-    }
+    layout = RunLayout(run_dir)
+    if layout.metrics.is_file():
+        return {"loop": _read(layout.metrics)}
+    runs = {name: layout.method(name).metrics for name in method_names()}
+    found = {name: _read(path) for name, path in runs.items() if path.is_file()}
     if not found:
-        raise FileNotFoundError(f"No metrics.json in {run_dir} or its method subdirectories.")
+        raise FileNotFoundError(
+            f"No {layout.metrics.name} in {layout.root} or its method subdirectories."
+        )
     return found
+
+
+def _method(name: str) -> Method | None:
+    """The registered method of a metrics key (others name a loop, a sweep point, …)."""
+    return get_method(name) if name in method_names() else None
+
+
+def _label(name: str) -> str:
+    method = _method(name)
+    return method.label if method is not None and method.label else name
+
+
+def _iterates(name: str) -> bool:
+    """Whether the run is a loop: its iteration 0 is the untuned debate, and it has curves."""
+    method = _method(name)
+    return method is None or method.runs_as_loop
 
 
 def _read(path: Path) -> list[dict[str, Any]]:
@@ -80,8 +87,8 @@ def rows(metrics: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, s
             out.append(
                 {
                     "method": "base (untuned debate)"
-                    if record["iteration"] == 0 and method != "majority-vote"
-                    else _LABELS.get(method, method),
+                    if record["iteration"] == 0 and _iterates(method)
+                    else _label(method),
                     "iteration": str(record["iteration"]),
                     "single agent (round 1)": _pct(rounds[0]),
                     "final answer (vote)": _pct(ev.get("accuracy")),
@@ -125,13 +132,14 @@ def iteration_table(records: Sequence[Mapping[str, Any]], title: str = "") -> Ta
 
 
 def write_report(run_dir: str | Path) -> Path:
-    """``report.md`` (+ ``report.json``, ``accuracy.png``, ``diversity.png``) in ``run_dir``."""
-    run_dir = Path(run_dir)
-    metrics = load_metrics(run_dir)
+    """The report (markdown, with its metrics as JSON beside it) and the accuracy and
+    diversity figures, in ``run_dir``; returns the report's path."""
+    layout = RunLayout(run_dir)
+    metrics = load_metrics(layout.root)
     table_rows = rows(metrics)
-    plots = _plots(metrics, run_dir)
+    plots = _plots(metrics, layout)
     text = [
-        f"# Results: {run_dir}\n",
+        f"# Results: {layout.root}\n",
         "Accuracy in % ± standard error over test problems. 'single agent (round 1)' is the "
         "mean accuracy of the agents' independent first answers; 'final answer (vote)' is the "
         "majority of the last round. Diversity: embedding dissimilarity of round-1 answers, "
@@ -140,13 +148,13 @@ def write_report(run_dir: str | Path) -> Path:
         markdown_table(table_rows),
         *[f"![{name}]({name})\n" for name in plots],
     ]
-    path = run_dir / "report.md"
-    path.write_text("\n".join(text))
-    (run_dir / "report.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    return path
+    layout.report.write_text("\n".join(text))
+    layout.report.with_suffix(".json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return layout.report
 
 
-def _plots(metrics: Mapping[str, Sequence[Mapping[str, Any]]], run_dir: Path) -> list[str]:
+def _plots(metrics: Mapping[str, Sequence[Mapping[str, Any]]], layout: RunLayout) -> list[str]:
+    """The figures, written beside the report; returns their names."""
     try:
         import matplotlib
 
@@ -154,7 +162,7 @@ def _plots(metrics: Mapping[str, Sequence[Mapping[str, Any]]], run_dir: Path) ->
         import matplotlib.pyplot as plt
     except ImportError:  # the table is the result; plots need the `analysis` extra
         return []
-    curves = {m: r for m, r in metrics.items() if m != "majority-vote"}
+    curves = {m: r for m, r in metrics.items() if _iterates(m)}
     written = []
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, key, title in (
@@ -172,7 +180,7 @@ def _plots(metrics: Mapping[str, Sequence[Mapping[str, Any]]], run_dir: Path) ->
                 yerr=[100 * p[1]["stderr"] for p in points],
                 marker="o",
                 capsize=3,
-                label=_LABELS.get(method, method),
+                label=_label(method),
             )
         ax.set_title(title)
         ax.set_xlabel("fine-tuning iteration")
@@ -180,9 +188,9 @@ def _plots(metrics: Mapping[str, Sequence[Mapping[str, Any]]], run_dir: Path) ->
     axes[0].set_ylabel("test accuracy (%)")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(run_dir / "accuracy.png", dpi=110)
+    fig.savefig(layout.figure("accuracy"), dpi=110)
     plt.close(fig)
-    written.append("accuracy.png")
+    written.append(layout.figure("accuracy").name)
     measures = ("consensus", "embedding_dissimilarity", "likelihood_nll", "kl")
     if any(r.get("diversity") for rs in curves.values() for r in rs):
         fig, axes = plt.subplots(1, len(measures), figsize=(14, 3.5))
@@ -194,14 +202,14 @@ def _plots(metrics: Mapping[str, Sequence[Mapping[str, Any]]], run_dir: Path) ->
                     if r.get("diversity") and r["diversity"].get(name) is not None
                 ]
                 if points:
-                    ax.plot(*zip(*points, strict=True), marker="o", label=_LABELS.get(method))
+                    ax.plot(*zip(*points, strict=True), marker="o", label=_label(method))
             ax.set_title(name.replace("_", " "))
             ax.set_xlabel("iteration")
         axes[0].legend(fontsize=6)
         fig.tight_layout()
-        fig.savefig(run_dir / "diversity.png", dpi=110)
+        fig.savefig(layout.figure("diversity"), dpi=110)
         plt.close(fig)
-        written.append("diversity.png")
+        written.append(layout.figure("diversity").name)
     return written
 
 
