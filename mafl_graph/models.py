@@ -26,12 +26,8 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.rate_limiters import InMemoryRateLimiter
 
+from mafl_graph.continuation import CONTINUED_KEY as CONTINUED_KEY  # re-exported
 from mafl_graph.redact import redact, remember_secret
-
-CONTINUED_KEY = "continued"
-"""Call metadata: True when the caller will send the conversation again with this reply and
-more turns appended (a debate agent's next round). The local model then keeps the reply's keys
-and values so the next prompt skips them; for hosted models it is only a trace attribute."""
 
 PROVIDERS = ("local", "openai", "google_genai")
 HOSTED = ("openai", "google_genai")
@@ -98,8 +94,10 @@ def resolve_model(
     if requests_per_second is not None:
         kwargs.setdefault("rate_limiter", provider_rate_limiter(provider, requests_per_second))
     if provider == "local":
+        from mafl_graph.local.loading import require_local, resolve_source
+
+        require_local()
         from mafl_graph.local import LocalChatModel
-        from mafl_graph.local.loading import resolve_source
 
         resolve_source(name)  # a missing file fails here, not at the first of many calls
         return LocalChatModel(model_path=name, **kwargs)
@@ -232,5 +230,6 @@ def _import(module: str, name: str, *, extra: str) -> Any:
         return getattr(__import__(module, fromlist=[name]), name)
     except ImportError as exc:
         raise ImportError(
-            f"{module} is not installed; install it with `pip install 'mafl-graph[{extra}]'`."
+            f"{module} is not installed; {extra} models need the {extra} extra: "
+            f"pip install 'mafl-graph[{extra}]'"
         ) from exc

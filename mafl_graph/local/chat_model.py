@@ -15,9 +15,9 @@ from langchain_core.messages import AIMessage, BaseMessage, ChatMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import PrivateAttr, field_validator
 
+from mafl_graph.continuation import CONTINUED_KEY
 from mafl_graph.local.engine import Generation, LocalEngine, load_local_model
 from mafl_graph.local.loading import SMOLLM2_ALIAS, check_dtype
-from mafl_graph.models import CONTINUED_KEY
 
 _ROLES = {"system": "system", "human": "user", "ai": "assistant"}
 _CALL_OPTIONS = ("temperature", "top_p", "max_new_tokens", "seed")

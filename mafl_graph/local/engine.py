@@ -20,6 +20,7 @@ from mafl_graph.local.loading import (
     SMOLLM2_ALIAS,
     check_dtype,
     prepare_model_dir,
+    require_local,
     resolve_source,
 )
 from mafl_graph.local.prefix_cache import PrefixCache
@@ -284,6 +285,7 @@ def load_local_model(source: str | Path = SMOLLM2_ALIAS, dtype: str = "float32")
     Every chat model, agent and copy asking for the same model shares one base in memory;
     ``"smollm2"`` and the path of its GGUF are the same model.
     """
+    require_local()
     key = (resolve_source(source), check_dtype(dtype))
     with _engines_lock:
         if key not in _engines:

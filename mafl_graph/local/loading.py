@@ -127,6 +127,27 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
+LOCAL_PACKAGES = ("torch", "transformers", "peft")
+"""What running or tuning a local model imports (the ``local`` extra)."""
+
+
+def require_local() -> None:
+    """Raise one clear ImportError when the ``local`` extra is not installed.
+
+    The packages are looked up, not imported, so checking stays instant.
+    """
+    for name in LOCAL_PACKAGES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a broken or half-imported package
+            found = False
+        if not found:
+            raise ImportError(
+                f"{name} is not installed; local models need the local extra: "
+                "pip install 'mafl-graph[local]'"
+            )
+
+
 def check_dtype(dtype: str) -> str:
     """``dtype`` if it is one of :data:`DTYPES`, else a ``ValueError`` listing them."""
     if dtype not in DTYPES:
