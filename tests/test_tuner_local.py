@@ -199,3 +199,31 @@ def test_the_cli_tunes_each_agent_and_the_society_serves_the_adapters(engine, tm
     assert society.agents[0].generator.adapter == tuned[(0, "generator")].model
     assert society.agents[1].critic.adapter == tuned[(1, "critic")].model
     assert society.agents[0].critic.adapter is None  # untuned roles keep the base
+
+
+def test_local_models_without_the_local_extra_say_how_to_install_it(tmp_path):
+    """With torch missing, resolving, tuning and serving a local model each fail with one line."""
+    import subprocess
+    import sys
+
+    message = (
+        "torch is not installed; local models need the local extra: pip install 'mafl-graph[local]'"
+    )
+    calls = (
+        "resolve_model('local:smollm2')",
+        f"LocalTuner({str(tmp_path)!r})",
+        "TunedModel(0, 'generator', 'local', '/adapter', 'smollm2').chat_model()",
+    )
+    prelude = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # as if torch were not installed\n"
+        "from mafl_graph.finetune.tuners import LocalTuner, TunedModel\n"
+        "from mafl_graph.models import resolve_model\n"
+    )
+    for call in calls:
+        done = subprocess.run(
+            [sys.executable, "-c", prelude + call], capture_output=True, text=True
+        )
+        assert done.returncode == 1, (call, done.stderr)
+        assert done.stderr.splitlines()[-1] == f"ImportError: {message}", (call, done.stderr)
+        assert "During handling" not in done.stderr and "direct cause" not in done.stderr

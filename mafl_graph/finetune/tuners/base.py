@@ -1,11 +1,11 @@
-"""What every tuner shares: the TunedModel record, the Tuner protocol, the job ledger, polling.
+"""What every tuner shares: the TunedModel record, the TunerBackend base, the job ledger, polling.
 
 The ledger is why a hosted run can be interrupted safely: the uploaded file id and the job id are
-written to ``<run_dir>/tuning/iter<k>/agent<i>-<role>.json`` *before* any waiting, so a restart
-polls the job it already paid for instead of creating a second one; what an upload or a job
-creation carries is written before it is sent, so a restart after a crash between the
-provider's answer and that record finds them at the provider (``hosted.py``). Secrets never
-enter it.
+written to the run directory's ledger of the job (:meth:`RunLayout.ledger`) *before* any
+waiting, so a restart polls the job it already paid for instead of creating a second one; what
+an upload or a job creation carries is written before it is sent, so a restart after a crash
+between the provider's answer and that record finds them at the provider (``hosted.py``).
+Secrets never enter it.
 """
 
 from __future__ import annotations
@@ -15,18 +15,39 @@ import hashlib
 import json
 import os
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast, runtime_checkable
 
 from mafl_graph.finetune.datasets import TrainedRole
+from mafl_graph.finetune.tuners.options import TuneOptions
+from mafl_graph.finetune.tuners.registry import BACKENDS, tuner_class
+from mafl_graph.rundir import RunLayout
 
 if TYPE_CHECKING:
+    from typing import Self
+
     from langchain_core.language_models import BaseChatModel
 
+    from mafl_graph.finetune.tuners.registry import TunerFactory
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "Backoff",
+    "Dataset",
+    "JobLedger",
+    "TunedModel",
+    "Tuner",
+    "TunerBackend",
+    "TuningError",
+    "poll",
+]
+
 Backend = Literal["local", "openai", "vertex"]
-BACKENDS: tuple[str, ...] = ("local", "openai", "vertex")
+"""The built-in backends' names; :data:`BACKENDS` lists every registered one."""
 Dataset = str | Path | Sequence[Mapping[str, Any]]
 """A dataset file (JSONL in the backend's format; Vertex also takes a ``gs://`` URI) or records."""
 
@@ -43,7 +64,7 @@ class TunedModel:
     adapter or model directory); ``source`` is what the next iteration tunes further (OpenAI:
     the same name; Vertex: the tuned model resource; local: the adapter directory).
     ``options`` holds the non-secret settings the chat model needs (base URL, project, local
-    base model path).
+    base model path). ``backend`` names the registered tuner that made it and serves it.
     """
 
     agent: int
@@ -66,35 +87,7 @@ class TunedModel:
 
     def chat_model(self, **kwargs: Any) -> BaseChatModel:
         """The tuned model as a LangChain chat model for the next debate (``kwargs`` win)."""
-        if self.backend == "local":
-            from mafl_graph.local import LocalChatModel
-
-            if self.options.get("full"):
-                return LocalChatModel(**{"model_path": self.model, **kwargs})
-            settings = {"model_path": self.options.get("model_path", "smollm2")}
-            return LocalChatModel(**{**settings, "adapter": self.model, **kwargs})
-        if self.backend == "openai":
-            from mafl_graph.models import _import
-
-            chat_openai = _import("langchain_openai", "ChatOpenAI", extra="openai")
-            settings = {k: self.options[k] for k in ("base_url",) if self.options.get(k)}
-            return chat_openai(**{"model": self.model, **settings, **kwargs})  # type: ignore[no-any-return]
-        if self.backend == "vertex":
-            from mafl_graph.models import _import
-
-            chat_google = _import(
-                "langchain_google_genai", "ChatGoogleGenerativeAI", extra="google"
-            )
-            settings = {
-                "vertexai": True,
-                **{
-                    k: self.options[k]
-                    for k in ("project", "location", "base_url")
-                    if self.options.get(k)
-                },
-            }
-            return chat_google(**{"model": self.model, **settings, **kwargs})  # type: ignore[no-any-return]
-        raise ValueError(f"Unknown tuning backend {self.backend!r}; known: {', '.join(BACKENDS)}.")
+        return tuner_class(self.backend).serve(self, **kwargs)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -107,15 +100,166 @@ class TunedModel:
 
 @runtime_checkable
 class Tuner(Protocol):
-    """Tunes one agent's model for one role on its dataset, starting from ``base``.
+    """What :func:`~mafl_graph.finetune.tuners.tune_run` needs of a tuner: every
+    :class:`TunerBackend` is one, and so is any object with these attributes.
 
-    ``base`` is a model id (the first iteration) or the previous iteration's
-    :class:`TunedModel` (later ones: tuning continues from it). ``config`` overrides the
-    tuner's own typed config for this call.
+    ``tune(agent, role, dataset, base, config=None) -> TunedModel`` as
+    :meth:`TunerBackend.tune` describes it.
     """
 
     backend: str
     iteration: int
+    dataset_suffix: str
+    default_base: str
+    parallel_jobs: bool
+
+    @property
+    def tune(self) -> Callable[..., TunedModel]: ...
+
+
+class TunerBackend(ABC):
+    """A tuning backend: tunes one agent's model for one role, and serves what it tuned.
+
+    A new backend subclasses this, sets the class attributes, implements :meth:`_run`,
+    :meth:`serve` and :meth:`_config_from_options`, and is registered with
+    :func:`~mafl_graph.finetune.tuners.register_tuner`. :meth:`tune` is the same for all: it
+    opens the job's ledger (refusing other data or another base), runs the job unless the
+    ledger says it finished, and returns the :class:`TunedModel`.
+    """
+
+    backend: str
+    """The name the backend is registered under, recorded in every TunedModel it makes."""
+    provider: str
+    """The prefix of the ``provider:model`` strings whose models this backend tunes."""
+    dataset_format: Literal["openai", "vertex"] = "openai"
+    """The format of :func:`~mafl_graph.finetune.export.export_datasets` it trains on."""
+    dataset_suffix: str = ".openai.jsonl"
+    """The dataset files' suffix, set from :attr:`dataset_format` for every subclass."""
+    parallel_jobs: bool = False
+    """True when jobs run elsewhere and wait side by side in threads; False when this process
+    is the machine that trains (one job at a time)."""
+    config_type: type[Any]
+    """The dataclass of the typed config; ``dataclasses.asdict`` of it is JSON."""
+    default_base: str
+    """What iteration 1 tunes (a class default; an instance may name another)."""
+    detail_column: str = "job"
+    """The heading of :meth:`detail` in a table of tuned models."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.dataset_suffix = f".{cls.dataset_format}.jsonl"
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        iteration: int = 1,
+        config: Any = None,
+        retry: bool = False,
+        base: str | None = None,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.layout = RunLayout(self.run_dir)
+        self.iteration = iteration
+        self.config = config if config is not None else self.config_type()
+        self.retry = retry
+        if base:
+            self.default_base = base
+
+    # Building one from the generic options ------------------------------------------------
+
+    @classmethod
+    def from_options(
+        cls,
+        run_dir: str | Path,
+        options: TuneOptions,
+        *,
+        model: str,
+        iteration: int = 1,
+        retry: bool = False,
+        seed: int = 0,
+        record: Mapping[str, Any] | None = None,
+        **extra: Any,
+    ) -> Self:
+        """This backend for ``options``, tuning ``model`` (the name after the provider prefix).
+
+        ``record``: a config a manifest recorded (``dataclasses.asdict`` of :meth:`config_from`),
+        used instead of the options' tuning settings. ``extra`` goes to the constructor as is
+        (a client, credentials, endpoints).
+        """
+        config = cls.config_from(options, seed=seed, record=record)
+        settings = cls._settings_from(options, model=model)
+        return cls(run_dir, iteration=iteration, retry=retry, config=config, **settings, **extra)
+
+    @classmethod
+    def factory(
+        cls,
+        options: TuneOptions,
+        *,
+        model: str,
+        seed: int = 0,
+        retry: bool = False,
+        record: Mapping[str, Any] | None = None,
+        **extra: Any,
+    ) -> TunerFactory:
+        """What makes each iteration's tuner with :meth:`from_options` (for the loop)."""
+        from mafl_graph.finetune.tuners.registry import TunerFactory
+
+        return TunerFactory(
+            cls.backend, options, model=model, seed=seed, retry=retry, record=record, **extra
+        )
+
+    @classmethod
+    def settings(cls, factory: TunerFactory) -> dict[str, Any]:
+        """What a loop's manifest pins of how it tunes: ``tune``, the typed config as JSON
+        (what :meth:`from_options` takes back as ``record``)."""
+        return {"tune": dataclasses.asdict(factory.config)}
+
+    @classmethod
+    def serving(cls, options: TuneOptions) -> dict[str, Any]:
+        """Chat-model settings for the untuned society, so that it is served where the tuned
+        models will be (one service, one set of credentials); none by default."""
+        return {}
+
+    @classmethod
+    def config_from(
+        cls, options: TuneOptions, *, seed: int = 0, record: Mapping[str, Any] | None = None
+    ) -> Any:
+        """The typed config ``options`` (or a recorded ``record``) give; None: the defaults."""
+        if record is not None:
+            return config_from_record(cls.config_type, record)
+        return cls._config_from_options(options, seed)
+
+    @classmethod
+    @abstractmethod
+    def _config_from_options(cls, options: TuneOptions, seed: int) -> Any:
+        """The typed config of ``options``; an option left None takes the config's default."""
+
+    @classmethod
+    def _settings_from(cls, options: TuneOptions, *, model: str) -> dict[str, Any]:
+        """The constructor's other keywords for ``options``: by default, iteration 1 tunes
+        ``options.base`` or else ``model``."""
+        return {"base": options.base or model or None}
+
+    # Serving what it tuned ----------------------------------------------------------------
+
+    @classmethod
+    @abstractmethod
+    def serve(cls, tuned: TunedModel, **kwargs: Any) -> BaseChatModel:
+        """``tuned`` as a LangChain chat model (``kwargs`` win over its recorded options)."""
+
+    @classmethod
+    def check_served(cls, tuned: TunedModel) -> None:
+        """Raise FileNotFoundError (saying what to do) if ``tuned`` cannot be served from here;
+        a hosted model is checked by its provider at the first call."""
+        return None
+
+    @classmethod
+    def detail(cls, tuned: TunedModel) -> str:
+        """One line on how tuning went, for a table (:attr:`detail_column`): the job id."""
+        return str(tuned.job_id or "")
+
+    # Tuning -------------------------------------------------------------------------------
 
     def tune(
         self,
@@ -124,7 +268,59 @@ class Tuner(Protocol):
         dataset: Dataset,
         base: str | TunedModel,
         config: Any = None,
-    ) -> TunedModel: ...
+    ) -> TunedModel:
+        """Tune ``base`` on ``dataset`` (a file in :attr:`dataset_format`, or records); wait.
+
+        ``base`` is a model id (the first iteration) or the previous iteration's
+        :class:`TunedModel` (later ones: tuning continues from it). ``config`` overrides the
+        tuner's own typed config for this call.
+        """
+        cfg = config or self.config
+        start = base_id(base)
+        ledger, facts = open_job(self, agent, role, dataset, start)
+        if not self._finished(ledger, agent, role):
+            self._run(ledger, facts, dataset, cfg)
+        return TunedModel(
+            agent=agent,
+            role=role,
+            backend=self.backend,
+            model=self._model(ledger, agent, role),
+            base=start,
+            iteration=self.iteration,
+            job_id=ledger.get("job_id"),
+            source=ledger.get("source"),
+            options=self._options(start, cfg),
+        )
+
+    @abstractmethod
+    def _run(self, ledger: JobLedger, facts: dict[str, Any], dataset: Dataset, cfg: Any) -> None:
+        """Run the job ``facts`` describe and record its tuned model in ``ledger``, or raise."""
+
+    def _finished(self, ledger: JobLedger, agent: int, role: str) -> bool:
+        # A poll records "succeeded" before the tuned model is recorded: both mean finished.
+        return ledger.get("status") == "succeeded" and bool(ledger.get("model"))
+
+    def _model(self, ledger: JobLedger, agent: int, role: str) -> str:
+        return str(ledger.get("model"))
+
+    def _options(self, start: str, cfg: Any) -> dict[str, Any]:
+        """Non-secret settings the tuned model's chat model needs (a base URL, a project)."""
+        return {}
+
+
+def config_from_record(config_type: type[Any], record: Mapping[str, Any]) -> Any:
+    """``config_type`` rebuilt from its ``dataclasses.asdict`` as JSON: nested dataclasses (a
+    Backoff) from their mappings, tuples from lists."""
+    values = dict(record)
+    for f in dataclasses.fields(config_type):
+        value = values.get(f.name)
+        if isinstance(value, Mapping) and f.default_factory is not dataclasses.MISSING:
+            nested = f.default_factory()
+            if dataclasses.is_dataclass(nested):
+                values[f.name] = cast(Any, type(nested))(**value)
+        elif isinstance(value, list):
+            values[f.name] = tuple(value)
+    return config_type(**values)
 
 
 def base_id(base: str | TunedModel) -> str:
@@ -154,7 +350,7 @@ class JobLedger:
 
     @classmethod
     def for_job(cls, run_dir: str | Path, iteration: int, agent: int, role: str) -> JobLedger:
-        return cls(Path(run_dir) / "tuning" / f"iter{iteration}" / f"agent{agent}-{role}.json")
+        return cls(RunLayout(run_dir).ledger(iteration, agent, role))
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.record.get(key, default)
@@ -262,7 +458,7 @@ def poll(
 
 
 def open_job(
-    tuner: Any, agent: int, role: str, dataset: Dataset, base: str
+    tuner: TunerBackend, agent: int, role: str, dataset: Dataset, base: str
 ) -> tuple[JobLedger, dict[str, Any]]:
     """This job's ledger, checked to belong to ``dataset`` and ``base`` (else refused), and the
     facts that identify the job, for the ledger's first entry."""

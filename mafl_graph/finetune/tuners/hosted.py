@@ -13,19 +13,24 @@ from __future__ import annotations
 import dataclasses
 import logging
 import secrets
+from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from mafl_graph.finetune.datasets import TrainedRole
 from mafl_graph.finetune.tuners.base import (
+    Backoff,
     Dataset,
     JobLedger,
-    TunedModel,
-    base_id,
-    open_job,
+    TunerBackend,
+    TuningError,
+    jsonl_bytes,
     poll,
 )
+from mafl_graph.finetune.tuners.options import TuneOptions
+
+if TYPE_CHECKING:
+    from mafl_graph.finetune.tuners.registry import TunerFactory
 
 log = logging.getLogger(__name__)
 
@@ -68,46 +73,29 @@ def once(
     return made
 
 
-class HostedTuner:
+def polling(options: TuneOptions) -> Backoff:
+    """Polls from ``options.poll_interval`` seconds apart, growing up to 5 minutes."""
+    return Backoff(initial=options.poll_interval, maximum=max(options.poll_interval, 300.0))
+
+
+class HostedTuner(TunerBackend):
     """The flow of one hosted tuning job; a provider's tuner fills in the requests.
 
-    Subclasses set ``backend`` and ``terminal`` (the statuses that end polling), and implement
-    the hooks below.
+    Subclasses set the class attributes of :class:`TunerBackend`, ``label`` (how messages name
+    the service) and ``terminal`` (the statuses that end polling), and implement the hooks
+    below: the upload, the job's creation and search, and what a job's status and result are.
     """
 
-    backend: str
-    terminal: frozenset[str]
-    run_dir: Path
-    iteration: int
-    retry: bool
-    config: Any
+    parallel_jobs = True
+    label: ClassVar[str]
+    terminal: ClassVar[frozenset[str]]
 
-    def tune(
-        self,
-        agent: int,
-        role: TrainedRole,
-        dataset: Dataset,
-        base: str | TunedModel,
-        config: Any = None,
-    ) -> TunedModel:
-        """Tune ``base`` on ``dataset`` (a file in the backend's format, or records); wait."""
-        cfg = config or self.config
-        base_model = base_id(base)
-        ledger, facts = open_job(self, agent, role, dataset, base_model)
-        # A poll records "succeeded" before the tuned model is recorded: both mean finished.
-        if ledger.get("status") != "succeeded" or not ledger.get("model"):
-            self._run(ledger, facts, dataset, cfg)
-        return TunedModel(
-            agent=agent,
-            role=role,
-            backend=self.backend,
-            model=ledger.get("model"),
-            base=base_model,
-            iteration=self.iteration,
-            job_id=ledger.get("job_id"),
-            source=ledger.get("source"),
-            options=self._options(),
-        )
+    @classmethod
+    def settings(cls, factory: TunerFactory) -> dict[str, Any]:
+        """The typed config, and ``tune_base``: the model iteration 1 tunes."""
+        options = factory.tune_options or TuneOptions()
+        base = options.base or factory.build["model"] or cls.default_base
+        return {**super().settings(factory), "tune_base": base}
 
     def _run(self, ledger: JobLedger, facts: dict[str, Any], dataset: Dataset, cfg: Any) -> None:
         if not ledger.get("dataset_sha256"):
@@ -130,32 +118,62 @@ class HostedTuner:
             cfg.backoff,
             on_update=lambda j: ledger.update(status=self._status(j)),
         )
-        self._finish(ledger, job, facts)
+        self._finish(ledger, job_id, job, facts)
+
+    def _finish(self, ledger: JobLedger, job_id: str, job: Any, facts: Mapping[str, Any]) -> None:
+        """Record the tuned model of a finished job, or raise TuningError with the reason."""
+        status = self._status(job)
+        tuned = self._tuned(job) if status == "succeeded" else None
+        if tuned is None:
+            reason = self._reason(job) if status != "succeeded" else "it names no tuned model"
+            ledger.update(status="failed" if status == "succeeded" else status, error=reason)
+            raise TuningError(
+                f"{self.label} job {job_id} (agent {facts['agent']}, {facts['role']}) "
+                f"{status}: {reason}. The ledger {ledger.path} keeps it; pass retry=True "
+                "(CLI: --retry) to start anew."
+            )
+        model, source = tuned
+        ledger.update(status="succeeded", model=model, **({"source": source} if source else {}))
+
+    def dataset_bytes(self, dataset: Dataset) -> bytes:
+        """The bytes of a dataset file, or of records as JSONL."""
+        if isinstance(dataset, str | Path):
+            path = Path(dataset)
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"No dataset at {path}; write it with "
+                    f"`mafl datasets --format {self.dataset_format}`."
+                )
+            return path.read_bytes()
+        return jsonl_bytes(dataset)
 
     # Hooks -------------------------------------------------------------------------------
 
+    @abstractmethod
     def _training_data(self, ledger: JobLedger, dataset: Dataset, stem: str, digest: str) -> str:
         """The id or URI the job trains on, uploaded (through :func:`once`) if need be."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _create(self, facts: Mapping[str, Any], data: str, cfg: Any, tag: str) -> str:
         """Create the job, carrying ``tag`` where :meth:`_find_job` searches; its id."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _find_job(self, tag: str) -> str | None:
         """The id of the job carrying ``tag``, if the provider has one."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _get(self, job_id: str) -> Any:
-        raise NotImplementedError
+        """The job as the provider reports it now."""
 
+    @abstractmethod
     def _status(self, job: Any) -> str:
-        raise NotImplementedError
+        """The job's status in the ledger's words (OpenAI's: ``succeeded``, ``failed``…)."""
 
-    def _finish(self, ledger: JobLedger, job: Any, facts: Mapping[str, Any]) -> None:
-        """Record the tuned model of a finished job, or raise TuningError with the reason."""
-        raise NotImplementedError
+    @abstractmethod
+    def _tuned(self, job: Any) -> tuple[str, str | None] | None:
+        """A succeeded job's (model that serves it, model the next iteration tunes), or None
+        when it names none."""
 
-    def _options(self) -> dict[str, Any]:
-        """Non-secret settings the tuned model's chat model needs (a base URL, a project)."""
-        return {}
+    @abstractmethod
+    def _reason(self, job: Any) -> str:
+        """Why a job did not succeed, as the provider tells it."""

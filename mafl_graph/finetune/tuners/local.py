@@ -5,7 +5,8 @@ answers, are labelled -100. Every conversation is rendered with the tokenizer's 
 template, exactly as :class:`~mafl_graph.local.LocalEngine` renders prompts at inference (the
 reference code trains with one template and infers with another). Iteration k+1 loads
 iteration k's adapter as trainable and keeps going. Adapters are saved with PEFT's
-``save_pretrained`` to ``<run_dir>/adapters/iter<k>/agent<i>-<role>/``, with the config and
+``save_pretrained`` to the run directory's :meth:`~mafl_graph.rundir.RunLayout.adapter`, with
+the config and
 the measured seconds per step and peak RSS next to them, so ``LocalChatModel(adapter=dir)``
 serves them on the shared base.
 
@@ -28,17 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from mafl_graph.finetune.datasets import TrainedRole
-from mafl_graph.finetune.tuners.base import (
-    Dataset,
-    TunedModel,
-    base_id,
-    open_job,
-)
-from mafl_graph.local.loading import SMOLLM2_ALIAS, check_dtype, prepare_model_dir
+from mafl_graph.finetune.tuners.base import Dataset, JobLedger, TunedModel, TunerBackend
+from mafl_graph.finetune.tuners.options import TuneOptions
+from mafl_graph.local.loading import SMOLLM2_ALIAS, check_dtype, prepare_model_dir, require_local
 
 if TYPE_CHECKING:
     import torch
+    from langchain_core.language_models import BaseChatModel
 
 IGNORE = -100
 Encoded = tuple[list[int], list[int]]
@@ -46,15 +43,19 @@ Encoded = tuple[list[int], list[int]]
 
 @dataclass(frozen=True)
 class LocalTuneConfig:
-    """Every setting of one local tuning run; saved as ``tune_config.json`` by the adapter."""
+    """Every setting of one local tuning run; saved as ``tune_config.json`` by the adapter.
 
-    epochs: float = 1.0
+    The defaults are those of ``mafl tune`` and ``mafl loop`` alike.
+    """
+
+    epochs: float = 2.0
     max_steps: int | None = None
     """Stop after this many optimizer steps (overrides ``epochs``)."""
-    learning_rate: float = 2e-4
-    batch_size: int = 4
+    learning_rate: float = 3e-4
+    batch_size: int = 8
     lora_r: int = 16
     lora_alpha: int = 32
+    """LoRA's scale is alpha / r: twice the rank keeps it at 2 whatever the rank."""
     lora_dropout: float = 0.0
     target_modules: str | tuple[str, ...] = "all-linear"
     full: bool = False
@@ -68,16 +69,21 @@ class LocalTuneConfig:
     dtype: str = "float32"
 
 
-class LocalTuner:
+class LocalTuner(TunerBackend):
     """Tunes the local model (``model``: "smollm2", a GGUF or an HF directory) per agent and role.
 
-    A finished adapter directory is reused on a rerun (the ledger checks it was trained on the
+    Datasets are OpenAI chat JSONL with weights (or records); iteration 1 tunes ``base``
+    (default ``model``), later ones continue a previous :class:`TunedModel`'s adapter. A
+    finished adapter directory is reused on a rerun (the ledger checks it was trained on the
     same data from the same base), so an interrupted ``mafl tune`` only redoes what is missing.
     """
 
     backend = "local"
-    dataset_suffix = ".openai.jsonl"
+    provider = "local"
+    dataset_format = "openai"
+    config_type = LocalTuneConfig
     default_base = SMOLLM2_ALIAS
+    detail_column = "s/step · peak RSS"
 
     def __init__(
         self,
@@ -87,54 +93,86 @@ class LocalTuner:
         iteration: int = 1,
         config: LocalTuneConfig | None = None,
         retry: bool = False,
+        base: str | None = None,
     ) -> None:
-        self.run_dir = Path(run_dir)
+        require_local()
+        super().__init__(
+            run_dir, iteration=iteration, config=config, retry=retry, base=base or model
+        )
         self.model_path = model
-        self.iteration = iteration
-        self.config = config or LocalTuneConfig()
-        self.retry = retry
         check_dtype(self.config.dtype)
 
-    def output_dir(self, agent: int, role: str) -> Path:
-        return self.run_dir / "adapters" / f"iter{self.iteration}" / f"agent{agent}-{role}"
+    @classmethod
+    def _config_from_options(cls, options: TuneOptions, seed: int) -> LocalTuneConfig:
+        default = LocalTuneConfig()
+        return LocalTuneConfig(
+            epochs=options.epochs if options.epochs is not None else default.epochs,
+            max_steps=options.max_steps,
+            learning_rate=options.learning_rate
+            if options.learning_rate is not None
+            else default.learning_rate,
+            batch_size=options.batch_size if options.batch_size is not None else default.batch_size,
+            lora_r=options.lora_r,
+            lora_alpha=options.lora_alpha if options.lora_alpha is not None else 2 * options.lora_r,
+            full=options.full,
+            seed=seed,
+        )
 
-    def tune(
-        self,
-        agent: int,
-        role: TrainedRole,
-        dataset: Dataset,
-        base: str | TunedModel,
-        config: LocalTuneConfig | None = None,
-    ) -> TunedModel:
-        """Train on ``dataset`` (OpenAI chat JSONL with weights, or records) from ``base``.
+    @classmethod
+    def _settings_from(cls, options: TuneOptions, *, model: str) -> dict[str, Any]:
+        return {"model": model or SMOLLM2_ALIAS, "base": options.base}
 
-        ``base``: the base model ("smollm2", a model directory), or a previous
-        :class:`TunedModel`/adapter directory to continue training.
-        """
-        cfg = config or self.config
-        start = base_id(base)
-        out = self.output_dir(agent, role)
-        ledger, facts = open_job(self, agent, role, dataset, start)
-        if not (ledger.get("status") == "succeeded" and (out / "metrics.json").is_file()):
-            ledger.update(
-                **facts,
-                config=dataclasses.asdict(cfg),
-                status="running",
+    @classmethod
+    def serve(cls, tuned: TunedModel, **kwargs: Any) -> BaseChatModel:
+        require_local()
+        from mafl_graph.local import LocalChatModel
+
+        if tuned.options.get("full"):
+            return LocalChatModel(**{"model_path": tuned.model, **kwargs})
+        settings = {"model_path": tuned.options.get("model_path", SMOLLM2_ALIAS)}
+        return LocalChatModel(**{**settings, "adapter": tuned.model, **kwargs})
+
+    @classmethod
+    def check_served(cls, tuned: TunedModel) -> None:
+        if not Path(tuned.model).expanduser().is_dir():
+            kind = "model" if tuned.options.get("full") else "adapter"
+            raise FileNotFoundError(
+                f"({tuned.name}): the {kind} directory {tuned.model!r} does not exist; "
+                f"restore it, or tune iteration {tuned.iteration} again."
             )
-            metrics = self.train(load_conversations(dataset), start, out, cfg)
-            ledger.update(status="succeeded", model=str(out), metrics=metrics)
+
+    @classmethod
+    def detail(cls, tuned: TunedModel) -> str:
+        """Seconds per step and peak RSS, from the metrics saved next to the adapter."""
+        metrics = Path(tuned.model) / "metrics.json"
+        if not metrics.is_file():
+            return ""
+        m = json.loads(metrics.read_text())
+        return f"{m['seconds_per_step']:.2f} s · {m['peak_rss_mb'] / 1024:.1f} GB"
+
+    def output_dir(self, agent: int, role: str) -> Path:
+        return self.layout.adapter(self.iteration, agent, role)
+
+    def _finished(self, ledger: JobLedger, agent: int, role: str) -> bool:
+        done = self.output_dir(agent, role) / "metrics.json"
+        return ledger.get("status") == "succeeded" and done.is_file()
+
+    def _model(self, ledger: JobLedger, agent: int, role: str) -> str:
+        return str(self.output_dir(agent, role))
+
+    def _run(
+        self, ledger: JobLedger, facts: dict[str, Any], dataset: Dataset, cfg: LocalTuneConfig
+    ) -> None:
+        ledger.update(**facts, config=dataclasses.asdict(cfg), status="running")
+        out = self.output_dir(facts["agent"], facts["role"])
+        metrics = self.train(load_conversations(dataset), facts["base"], out, cfg)
+        ledger.update(status="succeeded", model=str(out), metrics=metrics)
+
+    def _options(self, start: str, cfg: LocalTuneConfig) -> dict[str, Any]:
         options: dict[str, Any] = {"model_path": self._base_of(start)}
         if cfg.full:
             options["full"] = True
-        return TunedModel(
-            agent=agent,
-            role=role,
-            backend=self.backend,
-            model=str(out),
-            base=start,
-            iteration=self.iteration,
-            options=options,
-        )
+        return options
 
     def train(
         self,

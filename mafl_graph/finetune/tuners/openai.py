@@ -11,10 +11,14 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from mafl_graph.finetune.tuners.base import Backoff, Dataset, JobLedger, TuningError, jsonl_bytes
-from mafl_graph.finetune.tuners.hosted import TAG, HostedTuner, once
+from mafl_graph.finetune.tuners.base import Backoff, Dataset, JobLedger, TunedModel
+from mafl_graph.finetune.tuners.hosted import TAG, HostedTuner, once, polling
+from mafl_graph.finetune.tuners.options import TuneOptions
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
 
 log = logging.getLogger(__name__)
 Auto = Literal["auto"]
@@ -45,9 +49,12 @@ class OpenAITuner(HostedTuner):
     """
 
     backend = "openai"
-    terminal = frozenset(_TERMINAL)
-    dataset_suffix = ".openai.jsonl"
+    provider = "openai"
+    dataset_format = "openai"
+    config_type = OpenAITuneConfig
     default_base = DEFAULT_BASE
+    label = "OpenAI fine-tuning"
+    terminal = frozenset(_TERMINAL)
 
     def __init__(
         self,
@@ -57,7 +64,7 @@ class OpenAITuner(HostedTuner):
         config: OpenAITuneConfig | None = None,
         client: Any = None,
         retry: bool = False,
-        base: str = DEFAULT_BASE,
+        base: str | None = None,
         **client_kwargs: Any,
     ) -> None:
         if client is None:
@@ -65,16 +72,32 @@ class OpenAITuner(HostedTuner):
 
             client = openai.OpenAI(**client_kwargs)
         self.client = client
-        self.run_dir = Path(run_dir)
-        self.iteration = iteration
-        self.config = config or OpenAITuneConfig()
-        self.retry = retry
-        self.default_base = base  # what the first iteration tunes (later ones: their model)
+        super().__init__(run_dir, iteration=iteration, config=config, retry=retry, base=base)
+
+    @classmethod
+    def _config_from_options(cls, options: TuneOptions, seed: int) -> OpenAITuneConfig:
+        # Unset (or zero) settings are OpenAI's to choose; it takes whole epochs.
+        return OpenAITuneConfig(
+            epochs=int(options.epochs) if options.epochs else "auto",
+            learning_rate_multiplier=options.learning_rate or "auto",
+            batch_size=options.batch_size or "auto",
+            seed=seed,
+            suffix=options.suffix,
+            backoff=polling(options),
+        )
+
+    @classmethod
+    def serve(cls, tuned: TunedModel, **kwargs: Any) -> BaseChatModel:
+        from mafl_graph.models import _import
+
+        chat_openai = _import("langchain_openai", "ChatOpenAI", extra="openai")
+        settings = {k: tuned.options[k] for k in ("base_url",) if tuned.options.get(k)}
+        return chat_openai(**{"model": tuned.model, **settings, **kwargs})  # type: ignore[no-any-return]
 
     def _training_data(self, ledger: JobLedger, dataset: Dataset, stem: str, digest: str) -> str:
-        content = _content(dataset)
+        content = self.dataset_bytes(dataset)
         # The name carries the content's hash: a file listed under it holds these very bytes.
-        name = f"{stem}-{digest[:24]}.openai.jsonl"
+        name = f"{stem}-{digest[:24]}{self.dataset_suffix}"
         return once(
             ledger,
             "file_id",
@@ -113,18 +136,11 @@ class OpenAITuner(HostedTuner):
     def _status(self, job: Any) -> str:
         return str(job.status)
 
-    def _finish(self, ledger: JobLedger, job: Any, facts: Mapping[str, Any]) -> None:
-        if job.status != "succeeded":
-            reason = _reason(job, self._last_events(job.id))
-            ledger.update(status=job.status, error=reason)
-            raise TuningError(
-                f"OpenAI fine-tuning job {job.id} (agent {facts['agent']}, {facts['role']}) "
-                f"{job.status}: {reason}. The ledger {ledger.path} keeps it; pass retry=True "
-                "(CLI: --retry) to start anew."
-            )
-        if not job.fine_tuned_model:
-            raise TuningError(f"OpenAI job {job.id} succeeded but names no fine_tuned_model.")
-        ledger.update(status="succeeded", model=job.fine_tuned_model)
+    def _tuned(self, job: Any) -> tuple[str, str | None] | None:
+        return (str(job.fine_tuned_model), None) if job.fine_tuned_model else None
+
+    def _reason(self, job: Any) -> str:
+        return _reason(job, self._last_events(job.id))
 
     def _last_events(self, job_id: str) -> list[str]:
         try:
@@ -134,7 +150,7 @@ class OpenAITuner(HostedTuner):
             log.warning("could not read the events of job %s: %s", job_id, exc)
             return []
 
-    def _options(self) -> dict[str, Any]:
+    def _options(self, start: str, cfg: Any) -> dict[str, Any]:
         url = str(getattr(self.client, "base_url", DEFAULT_URL)).rstrip("/")
         return {} if url == DEFAULT_URL else {"base_url": url}
 
@@ -145,17 +161,6 @@ def _hyper(cfg: OpenAITuneConfig) -> dict[str, Any]:
         "learning_rate_multiplier": cfg.learning_rate_multiplier,
         "batch_size": cfg.batch_size,
     }
-
-
-def _content(dataset: Dataset) -> bytes:
-    if isinstance(dataset, str | Path):
-        path = Path(dataset)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"No dataset at {path}; write it with `mafl datasets --format openai`."
-            )
-        return path.read_bytes()
-    return jsonl_bytes(dataset)
 
 
 def _reason(job: Any, events: list[str]) -> str:

@@ -8,12 +8,14 @@ import path, so that naming them imports neither torch nor a provider's SDK.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, overload
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from mafl_graph.finetune.tuners.base import TunerBackend
+    from mafl_graph.finetune.tuners.options import TuneOptions
 
 _REGISTRY: dict[str, type[TunerBackend] | str] = {
     "local": "mafl_graph.finetune.tuners.local:LocalTuner",
@@ -37,6 +39,27 @@ def register_tuner(name: str, backend: type[TunerBackend] | str) -> None:
 
 def tuner_names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
+
+
+class _Names(Sequence[str]):
+    """The registered backends' names, read when used (so later registrations count)."""
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[str]: ...
+    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
+        return tuner_names()[index]
+
+    def __len__(self) -> int:
+        return len(_REGISTRY)
+
+    def __repr__(self) -> str:
+        return repr(tuner_names())
+
+
+BACKENDS: Sequence[str] = _Names()
+"""Every registered backend's name, as :func:`tuner_names` gives them when read."""
 
 
 def tuner_class(name: str) -> type[TunerBackend]:
@@ -74,13 +97,33 @@ class TunerFactory:
     """Makes each iteration's tuner: ``factory(run_dir, iteration=k)``.
 
     It knows its backend class without building a tuner, so the loop can ask which dataset
-    format to export before any client is made.
+    format to export before any client is made. With ``options`` it builds each tuner with
+    the backend's ``from_options`` (``model``, ``seed``, ``retry`` and ``record`` as there);
+    without, with the constructor. Other keywords go to the constructor as they are.
     """
 
-    def __init__(self, backend: str, **options: Any) -> None:
+    def __init__(
+        self,
+        backend: str,
+        options: TuneOptions | None = None,
+        *,
+        model: str | None = None,
+        seed: int = 0,
+        retry: bool = False,
+        record: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         tuner_class(backend)  # an unknown name fails here, not iterations later
         self.backend = backend
-        self.options = options
+        self.tune_options = options
+        # What from_options gets besides the options, for every iteration's tuner.
+        self.build: dict[str, Any] = {
+            "model": model,
+            "seed": seed,
+            "retry": retry,
+            "record": record,
+        }
+        self.options = kwargs
 
     @property
     def backend_class(self) -> type[TunerBackend]:
@@ -90,8 +133,25 @@ class TunerFactory:
     def dataset_format(self) -> str:
         return self.backend_class.dataset_format
 
+    @property
+    def config(self) -> Any:
+        """The typed config each tuner gets (for the manifest: ``dataclasses.asdict`` of it)."""
+        if self.tune_options is None:
+            config = self.options.get("config")
+            return config if config is not None else self.backend_class.config_type()
+        build = self.build
+        return self.backend_class.config_from(
+            self.tune_options, seed=build["seed"], record=build["record"]
+        )
+
     def __call__(self, run_dir: str | Path, iteration: int = 1) -> TunerBackend:
-        return get_tuner(self.backend, run_dir, **{**self.options, "iteration": iteration})
+        if self.tune_options is None:  # model and retry, if given, are the constructor's
+            given = {k: v for k, v in self.build.items() if k in ("model", "retry") and v}
+            return get_tuner(self.backend, run_dir, **given, **self.options, iteration=iteration)
+        build = {**self.build, "model": self.build["model"] or ""}
+        return self.backend_class.from_options(
+            run_dir, self.tune_options, iteration=iteration, **build, **self.options
+        )
 
     def __repr__(self) -> str:
         return f"TunerFactory({self.backend!r})"

@@ -1,10 +1,10 @@
 """Tune every agent and role of a run directory, and turn the results into a tuned Society.
 
-Reads the files ``mafl datasets`` wrote (``<run_dir>/datasets/agent<i>-<role>.<format>``),
-tunes each with one tuner (hosted jobs side by side in threads, since they wait on remote
-machines; local training one at a time, since it is the machine), and writes the mapping
-(agent, role) -> TunedModel to ``<run_dir>/tuning/iter<k>/tuned.json`` and
-``<run_dir>/tuned.json`` (the latest iteration).
+Reads the files ``mafl datasets`` wrote (``agent<i>-<role>`` plus the tuner's dataset suffix,
+in :meth:`RunLayout.datasets_dir`), tunes each with one tuner (side by side in threads when its
+jobs run elsewhere, one at a time when this machine trains), and writes the mapping
+(agent, role) -> TunedModel to :meth:`RunLayout.tuned_at` of the iteration and to
+:attr:`RunLayout.tuned` (the latest iteration).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from langchain_core.language_models import BaseChatModel
 
 from mafl_graph.finetune.datasets import TrainedRole
 from mafl_graph.finetune.tuners.base import TunedModel, Tuner
+from mafl_graph.finetune.tuners.registry import tuner_class
+from mafl_graph.rundir import RunLayout
 from mafl_graph.society import Society
 
 Key = tuple[int, str]
@@ -62,15 +64,14 @@ def tune_run(
 
     ``base``: where the others start (default: the tuner's ``default_base``). One failure does
     not stop the others; every outcome is returned (and passed to ``on_outcome`` as it ends).
-    ``datasets_dir``: where the datasets are (default ``<run_dir>/datasets``).
+    ``datasets_dir``: where the datasets are (default: the run's ``datasets_dir()``).
     """
-    run_dir = Path(run_dir)
-    suffix = str(getattr(tuner, "dataset_suffix", ".openai.jsonl"))
-    where = Path(datasets_dir) if datasets_dir is not None else run_dir / "datasets"
+    suffix = tuner.dataset_suffix
+    where = Path(datasets_dir) if datasets_dir is not None else RunLayout(run_dir).datasets_dir()
     datasets = find_datasets(where, suffix)
     if not datasets:
         raise FileNotFoundError(f"No agent*-*{suffix} files in {where}; run `mafl datasets` first.")
-    start = base or str(getattr(tuner, "default_base", ""))
+    start = base or tuner.default_base
     previous = previous or {}
 
     def one(key: Key, path: Path) -> TuneOutcome:
@@ -88,7 +89,7 @@ def tune_run(
             on_outcome(outcome)
         return outcome
 
-    workers = 1 if getattr(tuner, "backend", "") == "local" else len(datasets)
+    workers = len(datasets) if tuner.parallel_jobs else 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
         outcomes = list(pool.map(lambda item: one(*item), datasets.items()))
     tuned = {(o.agent, o.role): o.tuned for o in outcomes if o.tuned is not None}
@@ -106,10 +107,11 @@ def save_tuned(
         "models": [tuned[key].as_dict() for key in sorted(tuned)],
     }
     text = json.dumps(record, indent=2) + "\n"
-    path = Path(run_dir) / "tuning" / f"iter{iteration}" / "tuned.json"
+    layout = RunLayout(run_dir)
+    path = layout.tuned_at(iteration)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
-    (Path(run_dir) / "tuned.json").write_text(text)
+    layout.tuned.write_text(text)
     return path
 
 
@@ -141,13 +143,10 @@ def load_tuned(path: str | Path) -> dict[Key, TunedModel]:
         if missing:
             raise ValueError(f"{path}, models[{i}] lacks {missing}; every entry needs these.")
         model = TunedModel.from_dict(entry)
-        if model.backend == "local" and not Path(model.model).expanduser().is_dir():
-            kind = "model" if model.options.get("full") else "adapter"
-            raise FileNotFoundError(
-                f"{path}, models[{i}] ({model.name}): the {kind} "
-                f"directory {model.model!r} does not exist; restore it, or tune iteration "
-                f"{model.iteration} again."
-            )
+        try:
+            tuner_class(model.backend).check_served(model)
+        except (ValueError, FileNotFoundError) as exc:
+            raise type(exc)(f"{path}, models[{i}] {exc}") from None
         tuned[(model.agent, model.role)] = model
     return tuned
 

@@ -17,11 +17,15 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from mafl_graph.finetune.tuners.base import Backoff, Dataset, JobLedger, TuningError, jsonl_bytes
-from mafl_graph.finetune.tuners.hosted import TAG, HostedTuner, once
+from mafl_graph.finetune.tuners.base import Backoff, Dataset, JobLedger, TunedModel, TuningError
+from mafl_graph.finetune.tuners.hosted import TAG, HostedTuner, once, polling
+from mafl_graph.finetune.tuners.options import TuneOptions
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
 
 log = logging.getLogger(__name__)
 DEFAULT_BASE = "gemini-2.0-flash-001"
@@ -56,15 +60,18 @@ class VertexTuner(HostedTuner):
     """
 
     backend = "vertex"
-    terminal = frozenset(_TERMINAL)
-    dataset_suffix = ".vertex.jsonl"
+    provider = "google_genai"
+    dataset_format = "vertex"
+    config_type = VertexTuneConfig
     default_base = DEFAULT_BASE
+    label = "Vertex AI tuning"
+    terminal = frozenset(_TERMINAL)
 
     def __init__(
         self,
         run_dir: str | Path,
         *,
-        project: str,
+        project: str | None,
         location: str = "us-central1",
         iteration: int = 1,
         config: VertexTuneConfig | None = None,
@@ -74,10 +81,13 @@ class VertexTuner(HostedTuner):
         base_url: str | None = None,
         storage_url: str | None = None,
         retry: bool = False,
-        base: str = DEFAULT_BASE,
+        base: str | None = None,
     ) -> None:
         if not project:
-            raise ValueError("Vertex AI tuning needs a Google Cloud project (--project).")
+            raise ValueError(
+                "Vertex AI tuning needs a Google Cloud project (--project, and --bucket to "
+                "upload datasets)."
+            )
         if client is None:
             from google import genai
             from google.genai import types
@@ -91,10 +101,7 @@ class VertexTuner(HostedTuner):
                 http_options=options,
             )
         self.client = client
-        self.run_dir = Path(run_dir)
         self.project, self.location = project, location
-        self.iteration = iteration
-        self.config = config or VertexTuneConfig()
         self.credentials = credentials
         self.bucket = bucket.removeprefix("gs://").strip("/") if bucket else None
         self.base_url = base_url
@@ -102,10 +109,45 @@ class VertexTuner(HostedTuner):
         emulator = os.environ.get("STORAGE_EMULATOR_HOST")
         storage = storage_url or (storage_endpoint(emulator) if emulator else STORAGE_URL)
         self.storage_url = storage.rstrip("/")
-        self.retry = retry
-        self.default_base = base  # what the first iteration tunes (later ones: their model)
+        super().__init__(run_dir, iteration=iteration, config=config, retry=retry, base=base)
 
-    def _options(self) -> dict[str, Any]:
+    @classmethod
+    def _config_from_options(cls, options: TuneOptions, seed: int) -> VertexTuneConfig:
+        # Unset (or zero) settings are Vertex AI's to choose; it takes whole epochs and no seed.
+        return VertexTuneConfig(
+            epochs=int(options.epochs) if options.epochs else None,
+            learning_rate_multiplier=options.learning_rate,
+            batch_size=options.batch_size,
+            backoff=polling(options),
+        )
+
+    @classmethod
+    def _settings_from(cls, options: TuneOptions, *, model: str) -> dict[str, Any]:
+        return {
+            **super()._settings_from(options, model=model),
+            "project": options.project,
+            "location": options.location,
+            "bucket": options.bucket,
+        }
+
+    @classmethod
+    def serving(cls, options: TuneOptions) -> dict[str, Any]:
+        """Vertex AI serves tuned Gemini, so the base model is served by it too, from the same
+        project and location."""
+        if not options.project:
+            return {}
+        return {"vertexai": True, "project": options.project, "location": options.location}
+
+    @classmethod
+    def serve(cls, tuned: TunedModel, **kwargs: Any) -> BaseChatModel:
+        from mafl_graph.models import _import
+
+        chat_google = _import("langchain_google_genai", "ChatGoogleGenerativeAI", extra="google")
+        keys = ("project", "location", "base_url")
+        settings = {"vertexai": True, **{k: tuned.options[k] for k in keys if tuned.options.get(k)}}
+        return chat_google(**{"model": tuned.model, **settings, **kwargs})  # type: ignore[no-any-return]
+
+    def _options(self, start: str, cfg: Any) -> dict[str, Any]:
         options: dict[str, Any] = {"project": self.project, "location": self.location}
         if self.base_url:
             options["base_url"] = self.base_url
@@ -116,14 +158,16 @@ class VertexTuner(HostedTuner):
             if not ledger.get("dataset_uri"):
                 ledger.update(dataset_uri=dataset)
             return dataset
-        content = _content(dataset)
+        content = self.dataset_bytes(dataset)
         if not self.bucket:
             raise ValueError(
                 f"Vertex AI reads tuning data from Cloud Storage: pass a gs:// URI as the "
                 f"dataset, or bucket=… (CLI: --bucket) to upload {stem} there."
             )
-        # The object's name carries the content's hash; its MD5 confirms the bytes.
-        name = f"mafl/{self.run_dir.name}/iter{self.iteration}/{stem}-{digest[:12]}.jsonl"
+        # The object's name carries the run, the iteration and the content's hash (so runs and
+        # iterations never share an object); its MD5 confirms the bytes.
+        folder = self.layout.tuning_dir(self.iteration).name
+        name = f"mafl/{self.run_dir.name}/{folder}/{stem}-{digest[:12]}.jsonl"
         uri = f"gs://{self.bucket}/{name}"
 
         def upload() -> str:
@@ -175,19 +219,13 @@ class VertexTuner(HostedTuner):
     def _status(self, job: Any) -> str:
         return _status(job)
 
-    def _finish(self, ledger: JobLedger, job: Any, facts: Mapping[str, Any]) -> None:
-        status = _status(job)
+    def _tuned(self, job: Any) -> tuple[str, str | None] | None:
         tuned = job.tuned_model
-        if status != "succeeded" or tuned is None or not tuned.endpoint:
-            error = getattr(job, "error", None)
-            reason = (getattr(error, "message", None) if error else None) or "no reason given"
-            ledger.update(status="failed" if status == "succeeded" else status, error=reason)
-            raise TuningError(
-                f"Vertex AI tuning job {job.name} (agent {facts['agent']}, {facts['role']}) "
-                f"{status}: {reason}. The ledger {ledger.path} keeps it; pass retry=True "
-                "(CLI: --retry) to start anew."
-            )
-        ledger.update(status="succeeded", model=tuned.endpoint, source=tuned.model)
+        return (str(tuned.endpoint), tuned.model) if tuned is not None and tuned.endpoint else None
+
+    def _reason(self, job: Any) -> str:
+        error = getattr(job, "error", None)
+        return (getattr(error, "message", None) if error else None) or "no reason given"
 
     def _object_url(self, name: str) -> str:
         bucket = quote(self.bucket or "", safe="")
@@ -237,17 +275,6 @@ class VertexTuner(HostedTuner):
 
             credentials.refresh(Request())
         return str(credentials.token)
-
-
-def _content(dataset: Dataset) -> bytes:
-    if isinstance(dataset, str | Path):
-        path = Path(dataset)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"No dataset at {path}; write it with `mafl datasets --format vertex`."
-            )
-        return path.read_bytes()
-    return jsonl_bytes(dataset)
 
 
 def _md5(content: bytes) -> str:
