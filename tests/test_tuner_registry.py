@@ -215,8 +215,12 @@ def test_hosted_from_options_tunes_the_base_or_the_societys_model(tmp_path):
     assert (vertex.project, vertex.location, vertex.bucket) == ("proj", "eu", "b")
     assert (vertex.default_base, vertex.dataset_suffix) == ("gpt-y", ".vertex.jsonl")
     assert VertexTuner.serving(options) == {"vertexai": True, "project": "proj", "location": "eu"}
-    with pytest.raises(ValueError, match="--project"):
-        VertexTuner.from_options(tmp_path, TuneOptions(), model="gemini", client=object())
+    for make in (
+        lambda: VertexTuner.from_options(tmp_path, TuneOptions(), model="gemini", client=object()),
+        lambda: VertexTuner.factory(TuneOptions(), model="gemini"),  # before any iteration
+    ):
+        with pytest.raises(ValueError, match="--project"):
+            make()
 
 
 def test_a_factory_without_options_passes_its_keywords_to_the_constructor(tmp_path):

@@ -187,6 +187,7 @@ class TunerBackend(ABC):
         used instead of the options' tuning settings. ``extra`` goes to the constructor as is
         (a client, credentials, endpoints).
         """
+        cls.check_options(options)
         config = cls.config_from(options, seed=seed, record=record)
         settings = cls._settings_from(options, model=model)
         return cls(run_dir, iteration=iteration, retry=retry, config=config, **settings, **extra)
@@ -202,12 +203,20 @@ class TunerBackend(ABC):
         record: Mapping[str, Any] | None = None,
         **extra: Any,
     ) -> TunerFactory:
-        """What makes each iteration's tuner with :meth:`from_options` (for the loop)."""
+        """What makes each iteration's tuner with :meth:`from_options` (for the loop); options
+        the backend cannot use are refused here, before any iteration runs."""
         from mafl_graph.finetune.tuners.registry import TunerFactory
+
+        cls.check_options(options)
 
         return TunerFactory(
             cls.backend, options, model=model, seed=seed, retry=retry, record=record, **extra
         )
+
+    @classmethod
+    def check_options(cls, options: TuneOptions) -> None:
+        """Raise ValueError, naming the option, if ``options`` lack what this backend needs."""
+        return None
 
     @classmethod
     def settings(cls, factory: TunerFactory) -> dict[str, Any]:

@@ -32,6 +32,9 @@ DEFAULT_BASE = "gemini-2.0-flash-001"
 STORAGE_URL = "https://storage.googleapis.com"
 _SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 _TERMINAL = {"succeeded", "failed", "cancelled", "expired", "partially_succeeded"}
+NO_PROJECT = (
+    "Vertex AI tuning needs a Google Cloud project (--project, and --bucket to upload datasets)."
+)
 
 
 @dataclass(frozen=True)
@@ -84,10 +87,7 @@ class VertexTuner(HostedTuner):
         base: str | None = None,
     ) -> None:
         if not project:
-            raise ValueError(
-                "Vertex AI tuning needs a Google Cloud project (--project, and --bucket to "
-                "upload datasets)."
-            )
+            raise ValueError(NO_PROJECT)
         if client is None:
             from google import genai
             from google.genai import types
@@ -120,6 +120,11 @@ class VertexTuner(HostedTuner):
             batch_size=options.batch_size,
             backoff=polling(options),
         )
+
+    @classmethod
+    def check_options(cls, options: TuneOptions) -> None:
+        if not options.project:
+            raise ValueError(NO_PROJECT)
 
     @classmethod
     def _settings_from(cls, options: TuneOptions, *, model: str) -> dict[str, Any]:
