@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.callbacks import BaseCallbackHandler
 
@@ -17,6 +17,10 @@ from mafl_graph.debate.run import DebateResult, run_debates
 from mafl_graph.grading import Verdict
 from mafl_graph.society import Society
 from mafl_graph.tasks.base import Problem, Task, grade_answer
+
+if TYPE_CHECKING:
+    from mafl_graph.config import ClientOptions, TaskOptions
+    from mafl_graph.rundir import RunLayout
 
 
 @dataclass(frozen=True)
@@ -180,3 +184,66 @@ def evaluate_society(
         seconds=seconds,
         results=results,
     )
+
+
+def evaluate_transfer(
+    run_dir: str | Path,
+    test: TaskOptions,
+    *,
+    train_task: str,
+    n: int = 100,
+    concurrency: int = 16,
+    client: ClientOptions | None = None,
+) -> tuple[list[dict[str, Any]], RunLayout]:
+    """Zero-shot transfer (paper Fig. 5): a run's base and tuned society on another task.
+
+    ``run_dir`` is a ``mafl loop`` run (its society, tuned by its method's rules) or a
+    ``mafl debate`` + ``mafl tune`` run (each tuned agent and role replaced). Results go to
+    ``<run_dir>/transfer/<task>/`` (checkpoints, usage, metrics), whose layout is returned
+    with one metrics record per society (iteration 0: base, 1: tuned).
+    """
+    from mafl_graph.config import DebateConfig, LoopConfig
+    from mafl_graph.finetune.tuners import load_tuned, tuned_society
+    from mafl_graph.rundir import RunLayout, read_settings, write_json
+    from mafl_graph.usage import UsageRecorder
+
+    layout = RunLayout(run_dir)
+    if not layout.manifest.is_file():
+        raise FileNotFoundError(f"{layout.manifest} not found; is {run_dir} a run directory?")
+    settings = read_settings(layout.manifest)
+    if settings.get("task") != train_task:
+        raise ValueError(f"{run_dir} was tuned on {settings.get('task')!r}, not {train_task!r}.")
+    if not layout.tuned.is_file():
+        raise FileNotFoundError(f"{layout.tuned} not found: the run has not tuned yet.")
+    if "n_train" in settings:
+        config, settings = LoopConfig.from_manifest(run_dir, client=client)
+        loop = config.loop(parts=config.build(tune_record=settings.get("tune")))
+        base, tuned = loop.society, loop.society_after(load_tuned(layout.tuned))
+    else:
+        debate = DebateConfig.from_manifest(run_dir, client=client)
+        base = debate.society()
+        tuned = tuned_society(base, load_tuned(layout.tuned))
+    task, _ = test.build()
+    problems = task.load("test", n)
+    out = layout.transfer(task.name)
+    usage = UsageRecorder(out.usage)
+    records = []
+    try:
+        for iteration, (name, society) in enumerate({"base": base, "tuned": tuned}.items()):
+            evaluation = evaluate_society(
+                society,
+                task,
+                problems,
+                db_path=out.transfer_db(name),
+                rounds=settings["rounds"],
+                summarize=settings["summarize"],
+                seed=settings["seed"],
+                concurrency=concurrency,
+                metadata={"iteration": iteration, "split": "transfer"},
+                callbacks=[usage],
+            )
+            records.append({"iteration": iteration, "eval": evaluation.as_dict()})
+    finally:
+        usage.save()
+    write_json(out.metrics, records)
+    return records, out

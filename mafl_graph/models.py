@@ -104,10 +104,15 @@ def resolve_model(
     kwargs.setdefault(_TIMEOUT_FIELD[provider], timeout if timeout is not None else DEFAULT_TIMEOUT)
     if max_retries is not None:
         kwargs["max_retries"] = max_retries
+    cls: type[BaseChatModel]
     if provider == "openai":
-        cls = _import("langchain_openai", "ChatOpenAI", extra="openai")
+        from langchain_openai import ChatOpenAI
+
+        cls = ChatOpenAI
     else:
-        cls = _import("langchain_google_genai", "ChatGoogleGenerativeAI", extra="google")
+        from langchain_google_genai import ChatGoogleGenerativeAI
+
+        cls = ChatGoogleGenerativeAI
     try:
         chat: BaseChatModel = cls(model=name, **kwargs)
     except Exception as exc:  # e.g. no API key: say which model, keep any key out of it
@@ -224,12 +229,3 @@ def model_label(model: BaseChatModel) -> str:
             return value + suffix
     return type(model).__name__ + suffix
 
-
-def _import(module: str, name: str, *, extra: str) -> Any:
-    try:
-        return getattr(__import__(module, fromlist=[name]), name)
-    except ImportError as exc:
-        raise ImportError(
-            f"{module} is not installed; {extra} models need the {extra} extra: "
-            f"pip install 'mafl-graph[{extra}]'"
-        ) from exc

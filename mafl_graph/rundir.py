@@ -74,6 +74,11 @@ class RunLayout:
     def report(self) -> Path:
         return self.root / "report.md"
 
+    @property
+    def sweep_table(self) -> Path:
+        """``mafl sweep``'s table of every grid point."""
+        return self.root / "sweep.md"
+
     def figure(self, name: str) -> Path:
         return self.root / f"{name}.png"
 
@@ -121,6 +126,10 @@ class RunLayout:
     def transfer(self, task: str) -> RunLayout:
         """``mafl eval``'s evaluation of the base and tuned society on another task."""
         return RunLayout(self.root / "transfer" / task)
+
+    def transfer_db(self, society: str) -> Path:
+        """In a transfer layout: the debates of the ``base`` or ``tuned`` society."""
+        return self.root / f"{society}.sqlite"
 
 
 def prepare_run_dir(run_dir: Path, settings: Mapping[str, Any]) -> None:
@@ -180,11 +189,13 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def write_json(path: Path, value: Any) -> None:
-    _write_text(path, json.dumps(value, indent=2) + "\n")
+def write_json(path: Path, value: Any, *, default: Any = None) -> None:
+    """``value`` as indented JSON (``default``: as json.dumps), written atomically."""
+    _write_text(path, json.dumps(value, indent=2, default=default) + "\n")
 
 
 def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)

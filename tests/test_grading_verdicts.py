@@ -20,7 +20,9 @@ from fakes import EchoTask, ScriptedModel
 from grading_pairs import BASEL, stress_pairs
 from test_debate_graph import boxed, debate, society_of
 
-from mafl_graph import cli, grading
+from mafl_graph import grading
+from mafl_graph.cli.app import console
+from mafl_graph.cli.render import summary_table
 from mafl_graph.debate.run import DebateResult
 from mafl_graph.debate.state import Response
 from mafl_graph.evaluate import Accuracy, DebateSummary, summarize_debates
@@ -190,8 +192,8 @@ def test_datasets_leave_undecided_answers_out_and_count_them() -> None:
 
 def test_mafl_debate_prints_the_undecided_grades(tmp_path: Path) -> None:
     summary = DebateSummary(Accuracy(3, 5, undecided=1), [Accuracy(2, 5)], 0.8, 0, undecided=4)
-    with cli.console.capture() as captured:
-        cli._print_summary({"task": "math", "model": "m"}, summary, 1.0, tmp_path)
+    with console.capture() as captured:
+        console.print(summary_table(summary, 1.0, f"math · m · {tmp_path}"))
     printed = captured.get()
     assert "(3/5, 1 undecided)" in printed
     assert re.search(r"undecided grades .*\b4\b", printed)

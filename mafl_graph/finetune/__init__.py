@@ -1,25 +1,42 @@
-"""Fine-tuning: per-agent datasets from debate traces, and their provider formats."""
+"""Fine-tuning: per-agent datasets from debate traces, and their provider formats.
 
-from mafl_graph.finetune.datasets import (
-    AgentDataset,
-    DatasetStats,
-    Example,
-    TrainingMessage,
-    build_datasets,
-    estimate_tokens,
-    mix_counts,
-)
-from mafl_graph.finetune.export import (
-    ExportResult,
-    InvalidDatasetError,
-    ValidationIssue,
-    export_datasets,
-    to_hf_dataset,
-    to_openai_jsonl,
-    to_vertex_jsonl,
-    validate_openai,
-    validate_vertex,
-)
+Names are imported on first use, so that importing a light submodule (the tuning options, the
+tuner registry) does not import the dataset and export code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "AgentDataset",
+            "DatasetStats",
+            "Example",
+            "TrainingMessage",
+            "build_datasets",
+            "estimate_tokens",
+            "mix_counts",
+        ),
+        "mafl_graph.finetune.datasets",
+    ),
+    **dict.fromkeys(
+        (
+            "ExportResult",
+            "InvalidDatasetError",
+            "ValidationIssue",
+            "export_datasets",
+            "to_hf_dataset",
+            "to_openai_jsonl",
+            "to_vertex_jsonl",
+            "validate_openai",
+            "validate_vertex",
+        ),
+        "mafl_graph.finetune.export",
+    ),
+}
 
 __all__ = [
     "AgentDataset",
@@ -39,3 +56,34 @@ __all__ = [
     "validate_openai",
     "validate_vertex",
 ]
+
+if TYPE_CHECKING:
+    from mafl_graph.finetune.datasets import (
+        AgentDataset,
+        DatasetStats,
+        Example,
+        TrainingMessage,
+        build_datasets,
+        estimate_tokens,
+        mix_counts,
+    )
+    from mafl_graph.finetune.export import (
+        ExportResult,
+        InvalidDatasetError,
+        ValidationIssue,
+        export_datasets,
+        to_hf_dataset,
+        to_openai_jsonl,
+        to_vertex_jsonl,
+        validate_openai,
+        validate_vertex,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -5,10 +5,11 @@ Local files come first, so an offline machine never reaches for the network.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +57,29 @@ def read_rows(path: str, n: int | None) -> list[dict[str, Any]]:
     if _line_of_row(path, 0) is None:  # ``datasets`` fails on it with StopIteration
         raise ValueError(f"{path} holds no rows; every line should be one JSON object")
     try:
-        table = datasets.Dataset.from_json(path)
+        with _quiet_datasets():
+            table = datasets.Dataset.from_json(path)
     except DatasetGenerationError as error:
         raise ValueError(f"{path}: {_first_bad_line(path)}; fix or remove that line") from error
     return first_rows(table, n)
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No progress bar or log line of ``datasets`` while it reads a local file: a bad line is
+    reported once, by ``read_rows``, with its line number."""
+    from datasets import utils
+
+    level = utils.logging.get_verbosity()
+    bars_were_off = utils.are_progress_bars_disabled()
+    utils.logging.set_verbosity(utils.logging.CRITICAL + 10)
+    utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        utils.logging.set_verbosity(level)
+        if not bars_were_off:
+            utils.enable_progress_bars()
 
 
 def row_name(source: str, index: int) -> str:

@@ -10,39 +10,78 @@ paper does.
 
 from __future__ import annotations
 
-from mafl_graph.finetune.tuners.base import (
-    BACKENDS,
-    Backend,
-    Backoff,
-    Dataset,
-    JobLedger,
-    TunedModel,
-    Tuner,
-    TunerBackend,
-    TuningError,
-    poll,
-)
-from mafl_graph.finetune.tuners.hosted import HostedTuner
-from mafl_graph.finetune.tuners.local import LocalTuneConfig, LocalTuner
-from mafl_graph.finetune.tuners.openai import OpenAITuneConfig, OpenAITuner
-from mafl_graph.finetune.tuners.options import TuneOptions
-from mafl_graph.finetune.tuners.registry import (
-    TunerFactory,
-    get_tuner,
-    register_tuner,
-    tuner_class,
-    tuner_for_provider,
-    tuner_names,
-)
-from mafl_graph.finetune.tuners.run import (
-    TuneOutcome,
-    find_datasets,
-    load_tuned,
-    save_tuned,
-    tune_run,
-    tuned_society,
-)
-from mafl_graph.finetune.tuners.vertex import VertexTuneConfig, VertexTuner
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mafl_graph.finetune.tuners.base import (
+        BACKENDS,
+        Backend,
+        Backoff,
+        Dataset,
+        JobLedger,
+        TunedModel,
+        Tuner,
+        TunerBackend,
+        TuningError,
+        poll,
+    )
+    from mafl_graph.finetune.tuners.hosted import HostedTuner
+    from mafl_graph.finetune.tuners.local import LocalTuneConfig, LocalTuner
+    from mafl_graph.finetune.tuners.openai import OpenAITuneConfig, OpenAITuner
+    from mafl_graph.finetune.tuners.options import TuneOptions
+    from mafl_graph.finetune.tuners.registry import (
+        TunerFactory,
+        get_tuner,
+        register_tuner,
+        tuner_class,
+        tuner_for_provider,
+        tuner_names,
+    )
+    from mafl_graph.finetune.tuners.run import (
+        TuneOutcome,
+        find_datasets,
+        load_tuned,
+        save_tuned,
+        tune_run,
+        tuned_society,
+    )
+    from mafl_graph.finetune.tuners.vertex import VertexTuneConfig, VertexTuner
+
+# Where each name lives: imported on first use, so that the options and the registry stay
+# light (``mafl --help`` imports neither torch nor a provider's SDK).
+_EXPORTS: dict[str, str] = {
+    "BACKENDS": "mafl_graph.finetune.tuners.base",
+    "Backend": "mafl_graph.finetune.tuners.base",
+    "Backoff": "mafl_graph.finetune.tuners.base",
+    "Dataset": "mafl_graph.finetune.tuners.base",
+    "JobLedger": "mafl_graph.finetune.tuners.base",
+    "TunedModel": "mafl_graph.finetune.tuners.base",
+    "Tuner": "mafl_graph.finetune.tuners.base",
+    "TunerBackend": "mafl_graph.finetune.tuners.base",
+    "TuningError": "mafl_graph.finetune.tuners.base",
+    "poll": "mafl_graph.finetune.tuners.base",
+    "HostedTuner": "mafl_graph.finetune.tuners.hosted",
+    "LocalTuneConfig": "mafl_graph.finetune.tuners.local",
+    "LocalTuner": "mafl_graph.finetune.tuners.local",
+    "OpenAITuneConfig": "mafl_graph.finetune.tuners.openai",
+    "OpenAITuner": "mafl_graph.finetune.tuners.openai",
+    "TuneOptions": "mafl_graph.finetune.tuners.options",
+    "TunerFactory": "mafl_graph.finetune.tuners.registry",
+    "get_tuner": "mafl_graph.finetune.tuners.registry",
+    "register_tuner": "mafl_graph.finetune.tuners.registry",
+    "tuner_class": "mafl_graph.finetune.tuners.registry",
+    "tuner_for_provider": "mafl_graph.finetune.tuners.registry",
+    "tuner_names": "mafl_graph.finetune.tuners.registry",
+    "TuneOutcome": "mafl_graph.finetune.tuners.run",
+    "find_datasets": "mafl_graph.finetune.tuners.run",
+    "load_tuned": "mafl_graph.finetune.tuners.run",
+    "save_tuned": "mafl_graph.finetune.tuners.run",
+    "tune_run": "mafl_graph.finetune.tuners.run",
+    "tuned_society": "mafl_graph.finetune.tuners.run",
+    "VertexTuneConfig": "mafl_graph.finetune.tuners.vertex",
+    "VertexTuner": "mafl_graph.finetune.tuners.vertex",
+}
 
 __all__ = [
     "BACKENDS",
@@ -76,3 +115,12 @@ __all__ = [
     "tuner_for_provider",
     "tuner_names",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -88,11 +88,10 @@ class OpenAITuner(HostedTuner):
 
     @classmethod
     def serve(cls, tuned: TunedModel, **kwargs: Any) -> BaseChatModel:
-        from mafl_graph.models import _import
+        from langchain_openai import ChatOpenAI
 
-        chat_openai = _import("langchain_openai", "ChatOpenAI", extra="openai")
         settings = {k: tuned.options[k] for k in ("base_url",) if tuned.options.get(k)}
-        return chat_openai(**{"model": tuned.model, **settings, **kwargs})  # type: ignore[no-any-return]
+        return ChatOpenAI(**{"model": tuned.model, **settings, **kwargs})
 
     def _training_data(self, ledger: JobLedger, dataset: Dataset, stem: str, digest: str) -> str:
         content = self.dataset_bytes(dataset)

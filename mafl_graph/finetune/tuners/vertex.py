@@ -145,12 +145,11 @@ class VertexTuner(HostedTuner):
 
     @classmethod
     def serve(cls, tuned: TunedModel, **kwargs: Any) -> BaseChatModel:
-        from mafl_graph.models import _import
+        from langchain_google_genai import ChatGoogleGenerativeAI
 
-        chat_google = _import("langchain_google_genai", "ChatGoogleGenerativeAI", extra="google")
         keys = ("project", "location", "base_url")
         settings = {"vertexai": True, **{k: tuned.options[k] for k in keys if tuned.options.get(k)}}
-        return chat_google(**{"model": tuned.model, **settings, **kwargs})  # type: ignore[no-any-return]
+        return ChatGoogleGenerativeAI(**{"model": tuned.model, **settings, **kwargs})
 
     def _options(self, start: str, cfg: Any) -> dict[str, Any]:
         options: dict[str, Any] = {"project": self.project, "location": self.location}

@@ -1,0 +1,16 @@
+"""`mafl`: the command line. Each command parses its options, calls the library, renders.
+
+The command modules import only Typer, rich and the settings classes at import time; the
+library is imported inside each command, so ``mafl --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from mafl_graph.cli import datasets, debate, evaluate, loop, tune  # noqa: F401 - registers
+from mafl_graph.cli.app import app
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

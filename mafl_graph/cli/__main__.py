@@ -1,0 +1,5 @@
+"""``python -m mafl_graph.cli``."""
+
+from mafl_graph.cli import main
+
+main()
