@@ -6,8 +6,9 @@ neither LangGraph, ``datasets``, sympy nor torch); each name is imported on firs
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mafl_graph._lazy import lazy_getattr
 
 # Where each public name lives.
 _EXPORTS: dict[str, str] = {
@@ -27,18 +28,18 @@ _EXPORTS: dict[str, str] = {
     "evaluate_society": "mafl_graph.evaluate",
     "Evaluation": "mafl_graph.evaluate",
     "summarize_debates": "mafl_graph.evaluate",
-    "AgentDataset": "mafl_graph.finetune",
-    "build_datasets": "mafl_graph.finetune",
-    "DatasetStats": "mafl_graph.finetune",
-    "Example": "mafl_graph.finetune",
-    "export_datasets": "mafl_graph.finetune",
-    "InvalidDatasetError": "mafl_graph.finetune",
-    "to_hf_dataset": "mafl_graph.finetune",
-    "to_openai_jsonl": "mafl_graph.finetune",
-    "to_vertex_jsonl": "mafl_graph.finetune",
-    "validate_openai": "mafl_graph.finetune",
-    "validate_vertex": "mafl_graph.finetune",
-    "ValidationIssue": "mafl_graph.finetune",
+    "AgentDataset": "mafl_graph.finetune.datasets",
+    "build_datasets": "mafl_graph.finetune.datasets",
+    "DatasetStats": "mafl_graph.finetune.datasets",
+    "Example": "mafl_graph.finetune.datasets",
+    "export_datasets": "mafl_graph.finetune.export",
+    "InvalidDatasetError": "mafl_graph.finetune.export",
+    "to_hf_dataset": "mafl_graph.finetune.export",
+    "to_openai_jsonl": "mafl_graph.finetune.export",
+    "to_vertex_jsonl": "mafl_graph.finetune.export",
+    "validate_openai": "mafl_graph.finetune.export",
+    "validate_vertex": "mafl_graph.finetune.export",
+    "ValidationIssue": "mafl_graph.finetune.export",
     "Backoff": "mafl_graph.finetune.tuners",
     "get_tuner": "mafl_graph.finetune.tuners",
     "load_tuned": "mafl_graph.finetune.tuners",
@@ -83,6 +84,22 @@ _EXPORTS: dict[str, str] = {
     "RunTraces": "mafl_graph.traces",
     "UnfinishedThread": "mafl_graph.traces",
     "UsageRecorder": "mafl_graph.usage",
+    "ClientOptions": "mafl_graph.config",
+    "DebateConfig": "mafl_graph.config",
+    "LoopConfig": "mafl_graph.config",
+    "TaskOptions": "mafl_graph.config",
+    "evaluate_transfer": "mafl_graph.evaluate",
+    "TuneOptions": "mafl_graph.finetune.tuners",
+    "TunerBackend": "mafl_graph.finetune.tuners",
+    "TunerFactory": "mafl_graph.finetune.tuners",
+    "register_tuner": "mafl_graph.finetune.tuners",
+    "tuner_class": "mafl_graph.finetune.tuners",
+    "Method": "mafl_graph.methods",
+    "get_method": "mafl_graph.methods",
+    "method_names": "mafl_graph.methods",
+    "register_method": "mafl_graph.methods",
+    "RunLayout": "mafl_graph.rundir",
+    "register_task": "mafl_graph.tasks",
 }
 
 __all__ = [
@@ -158,12 +175,29 @@ __all__ = [
     "VertexTuneConfig",
     "VertexTuner",
     "Vote",
+    "ClientOptions",
+    "DebateConfig",
+    "LoopConfig",
+    "TaskOptions",
+    "evaluate_transfer",
+    "TuneOptions",
+    "TunerBackend",
+    "TunerFactory",
+    "register_tuner",
+    "tuner_class",
+    "Method",
+    "get_method",
+    "method_names",
+    "register_method",
+    "RunLayout",
+    "register_task",
 ]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports
     from mafl_graph.compare import (
         compare_methods,
     )
+    from mafl_graph.config import ClientOptions, DebateConfig, LoopConfig, TaskOptions
     from mafl_graph.debate import (
         DebateInput,
         DebatePrompts,
@@ -181,15 +215,13 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
         Evaluation,
         accuracy,
         evaluate_society,
+        evaluate_transfer,
         summarize_debates,
     )
-    from mafl_graph.finetune import (
-        AgentDataset,
-        DatasetStats,
-        Example,
+    from mafl_graph.finetune.datasets import AgentDataset, DatasetStats, Example, build_datasets
+    from mafl_graph.finetune.export import (
         InvalidDatasetError,
         ValidationIssue,
-        build_datasets,
         export_datasets,
         to_hf_dataset,
         to_openai_jsonl,
@@ -204,14 +236,19 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
         OpenAITuneConfig,
         OpenAITuner,
         TunedModel,
+        TuneOptions,
         Tuner,
+        TunerBackend,
+        TunerFactory,
         TuningError,
         VertexTuneConfig,
         VertexTuner,
         get_tuner,
         load_tuned,
+        register_tuner,
         tune_run,
         tuned_society,
+        tuner_class,
     )
     from mafl_graph.grading import (
         Verdict,
@@ -233,9 +270,11 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
         LoopError,
         MultiagentFinetuning,
     )
+    from mafl_graph.methods import Method, get_method, method_names, register_method
     from mafl_graph.models import (
         resolve_model,
     )
+    from mafl_graph.rundir import RunLayout
     from mafl_graph.society import (
         Agent,
         Society,
@@ -247,6 +286,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
         Problem,
         Task,
         get_task,
+        register_task,
     )
     from mafl_graph.traces import (
         DebateTrace,
@@ -261,13 +301,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     )
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
 
 
 def __dir__() -> list[str]:

@@ -228,4 +228,3 @@ def model_label(model: BaseChatModel) -> str:
         if isinstance(value, str) and value:
             return value + suffix
     return type(model).__name__ + suffix
-

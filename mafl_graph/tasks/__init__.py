@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from mafl_graph._lazy import lazy_getattr
+
 if TYPE_CHECKING:
     from mafl_graph.tasks.arithmetic import Arithmetic
     from mafl_graph.tasks.base import Problem, Task
@@ -61,10 +63,4 @@ def get_task(name: str, **kwargs: Any) -> Task:
     return task
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
