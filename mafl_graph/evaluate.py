@@ -92,6 +92,7 @@ def accuracy(flags: Sequence[bool | None], *, undecided: int = 0) -> Accuracy:
 
 
 def summarize_debates(results: Sequence[DebateResult], task: Task) -> DebateSummary:
+    """Accuracy of the votes and of each round's single answers, consensus and failures."""
     rounds = max((r["round"] for res in results for r in res.responses), default=0)
     round_accuracy = []
     undecided = sum(res.undecided for res in results)

@@ -138,12 +138,16 @@ def question_channel() -> DeltaChannel[str]:
 
 
 class DebateInput(TypedDict):
+    """What a debate starts from: one problem (``reference``: its answer, if known)."""
+
     problem_id: str
     question: Annotated[str, question_channel()]
     reference: NotRequired[str | None]
 
 
 class DebateState(DebateInput, total=False):
+    """The graph's state: every reply and summary so far, then the vote's outcome."""
+
     # Parallel agents append here in the same step, hence the reducers.
     responses: Annotated[list[Response], responses_channel()]
     summaries: Annotated[list[Response], responses_channel()]
