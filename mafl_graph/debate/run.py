@@ -29,6 +29,7 @@ from mafl_graph.debate.saver import InlineSqliteSaver
 from mafl_graph.debate.size import check_size
 from mafl_graph.debate.state import DebateInput, Response
 from mafl_graph.redact import check_no_secrets, redact
+from mafl_graph.rundir import RunLayout
 from mafl_graph.tasks.base import Problem
 
 
@@ -339,7 +340,7 @@ async def _saver(
     if checkpointer is not None:
         yield graph.compile(checkpointer=checkpointer), None
         return
-    path = Path(db_path) if db_path is not None else Path("runs") / run_id / "debates.sqlite"
+    path = Path(db_path) if db_path is not None else RunLayout(Path("runs") / run_id).debates
     check_checkpoint_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path)

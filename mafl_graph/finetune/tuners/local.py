@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
 
 IGNORE = -100
+ADAPTER_METRICS = "metrics.json"
+"""Written next to each adapter: seconds per step, peak RSS, losses (and read back on resume)."""
 Encoded = tuple[list[int], list[int]]
 
 
@@ -144,7 +146,7 @@ class LocalTuner(TunerBackend):
     @classmethod
     def detail(cls, tuned: TunedModel) -> str:
         """Seconds per step and peak RSS, from the metrics saved next to the adapter."""
-        metrics = Path(tuned.model) / "metrics.json"
+        metrics = Path(tuned.model) / ADAPTER_METRICS
         if not metrics.is_file():
             return ""
         m = json.loads(metrics.read_text())
@@ -154,7 +156,7 @@ class LocalTuner(TunerBackend):
         return self.layout.adapter(self.iteration, agent, role)
 
     def _finished(self, ledger: JobLedger, agent: int, role: str) -> bool:
-        done = self.output_dir(agent, role) / "metrics.json"
+        done = self.output_dir(agent, role) / ADAPTER_METRICS
         return ledger.get("status") == "succeeded" and done.is_file()
 
     def _model(self, ledger: JobLedger, agent: int, role: str) -> str:
@@ -218,7 +220,7 @@ class LocalTuner(TunerBackend):
             "base": start,
         }
         (staging / "tune_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (staging / ADAPTER_METRICS).write_text(json.dumps(metrics, indent=2))
         shutil.rmtree(out, ignore_errors=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging, out)
