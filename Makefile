@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/checkpoint_size.py
 	$(PY) benchmarks/answer_save_lag.py
 	$(PY) benchmarks/kill_duplicates.py
+	$(PY) benchmarks/cli_startup.py
 
 # The manual as a site (mkdocs-material, API reference by mkdocstrings), into site/.
 docs: $(STAMP)
