@@ -135,3 +135,15 @@ def with_options(
         return wrapper
 
     return decorate
+
+
+def show_progress_logs() -> None:
+    """Step messages of the loop on the console, next to tqdm's progress bars."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=console, show_path=False)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+    for name in ("mafl_graph.loop", "mafl_graph.compare"):
+        logging.getLogger(name).setLevel(logging.INFO)

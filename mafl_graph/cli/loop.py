@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mafl_graph.cli.app import app, console, with_options
+from mafl_graph.cli.app import app, console, show_progress_logs, with_options
 from mafl_graph.config import LoopConfig
 
 Opt = typer.Option
@@ -26,7 +26,7 @@ def run_loop(config: LoopConfig, run_dir: Path) -> list[dict[str, Any]]:
     from mafl_graph.usage import UsageRecorder
 
     loop = config.loop(diversity=measure)
-    _logging()
+    show_progress_logs()
     metrics = loop.run(run_dir)
     console.print(iteration_table(metrics, title=f"{config.method} · {run_dir}"))
     console.print(f"usage: {UsageRecorder(RunLayout(run_dir).usage).describe()}")
@@ -92,7 +92,7 @@ def compare_command(
     loop_options = config.loop_options()
     for own in ("method", "tune_critics", "iterations"):
         loop_options.pop(own)
-    _logging()
+    show_progress_logs()
     compare_methods(
         society,
         task,
@@ -146,15 +146,3 @@ def sweep_command(
     out.write_text(text)
     console.print(text)
     console.print(f"Wrote {out}.")
-
-
-def _logging() -> None:
-    """Step messages of the loop on the console, next to tqdm's progress bars."""
-    import logging
-
-    from rich.logging import RichHandler
-
-    handler = RichHandler(console=console, show_path=False)
-    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
-    for name in ("mafl_graph.loop", "mafl_graph.compare"):
-        logging.getLogger(name).setLevel(logging.INFO)
