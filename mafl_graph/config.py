@@ -38,7 +38,6 @@ __all__ = [
     "LoopConfig",
     "LoopParts",
     "TaskOptions",
-    "TuneOptions",
     "flat_fields",
     "from_flat",
 ]
