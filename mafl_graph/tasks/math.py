@@ -6,15 +6,24 @@ Local files come first: explicit ``data_files``, else ``{data_dir or $MAFL_DATA_
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import datasets
 
 from mafl_graph.grading import Verdict, extract_boxed, grade, is_equivalent
 from mafl_graph.tasks.base import Problem
-from mafl_graph.tasks.files import first_rows, local_file, read_rows, require_fields, row_name
+from mafl_graph.tasks.files import (
+    DATA_DIR_ENV,
+    first_rows,
+    local_file,
+    read_rows,
+    require_fields,
+    row_name,
+)
 
 _ANSWER_IS = "The answer is:"
 
@@ -30,10 +39,13 @@ class MATH:
 
     def load(self, split: str, n: int | None = None) -> list[Problem]:
         """The first ``n`` problems of ``split`` in file order."""
-        if split != "test" and self.data_files is None:
+        root = self.data_dir or os.environ.get(DATA_DIR_ENV)
+        own_split = root is not None and (Path(root) / "math500" / f"{split}.jsonl").is_file()
+        if split != "test" and self.data_files is None and not own_split:
             raise ValueError(
-                f"MATH-500 has only a 'test' split, not {split!r}; for other splits pass "
-                f"data_files={{{split!r}: 'path/to/{split}.jsonl'}} with rows "
+                f"MATH-500 has only a 'test' split, not {split!r}; for other splits put "
+                f"math500/{split}.jsonl in --data-dir (data_dir=) or pass "
+                f"data_files={{{split!r}: 'path/to/{split}.jsonl'}}, with rows "
                 '{"question", "answer"}'
             )
         path = local_file(split, self.data_files, self.data_dir, "math500")

@@ -1,0 +1,92 @@
+"""`mafl loop`, `compare` and `sweep` run on every task the CLI offers, each through the real
+OpenAI SDK against the loopback OpenAI (tests/openai_world.py), which answers sums."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("langchain_openai")
+
+from fake_http import serve  # noqa: E402
+from openai_world import KEY, OpenAIWorld  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from mafl_graph.cli import app  # noqa: E402
+
+pytestmark = pytest.mark.allow_hosts(["127.0.0.1"])
+
+# Each task's local files, in its own format, hold sums the loopback server can answer.
+SUMS = [(a, b) for a in range(1, 6) for b in range(1, 4)]
+
+
+def _data_dir(root: Path) -> Path:
+    for split, rows in (("train", SUMS[:9]), ("test", SUMS[9:])):
+        gsm8k, math = root / "gsm8k", root / "math500"
+        gsm8k.mkdir(parents=True, exist_ok=True)
+        math.mkdir(parents=True, exist_ok=True)
+        question = "Tom has some apples. What is the result of {}+{}?"
+        (gsm8k / f"{split}.jsonl").write_text(
+            "".join(
+                json.dumps({"question": question.format(a, b), "answer": f"So #### {a + b}"}) + "\n"
+                for a, b in rows
+            )
+        )
+        (math / f"{split}.jsonl").write_text(
+            "".join(
+                json.dumps({"question": question.format(a, b), "answer": f"\\boxed{{{a + b}}}"})
+                + "\n"
+                for a, b in rows
+            )
+        )
+    return root
+
+
+@pytest.fixture
+def mafl(monkeypatch: pytest.MonkeyPatch):
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+
+    def run(*args: str, url: str) -> object:
+        monkeypatch.setenv("OPENAI_BASE_URL", url + "/v1")
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        return CliRunner().invoke(app, list(args))
+
+    yield run
+    root.handlers[:], root.level = handlers, level
+
+
+@pytest.mark.parametrize("task", ["arithmetic", "gsm8k", "math"])
+def test_loop_compare_and_sweep_run_on_every_task(tmp_path: Path, mafl, task: str) -> None:
+    data = [] if task == "arithmetic" else ["--data-dir", str(_data_dir(tmp_path / "data"))]
+    common = ["--task", task, *data, "--model", "openai:gpt-4o-mini", "--iterations", "1"]
+    common += ["--n-train", "6", "--n-test", "3", "--concurrency", "3", "--poll-interval", "0.01"]
+    world = OpenAIWorld()
+    with serve(world) as (url, _):
+        loop = mafl("loop", "--run-dir", str(tmp_path / "loop"), *common, url=url)
+        assert loop.exit_code == 0, loop.output[-3000:]
+        compare = mafl(
+            "compare",
+            *("--run-dir", str(tmp_path / "compare"), "--methods", "majority-vote,single"),
+            *(*common, "--no-diversity"),
+            url=url,
+        )
+        assert compare.exit_code == 0, compare.output[-3000:]
+        sweep = mafl(
+            "sweep", "--run-dir", str(tmp_path / "sweep"), "--grid", "w=0.5", *common, url=url
+        )
+        assert sweep.exit_code == 0, sweep.output[-3000:]
+    metrics = json.loads((tmp_path / "loop" / "metrics.json").read_text())
+    assert [m["iteration"] for m in metrics] == [0, 1]
+    settings = json.loads((tmp_path / "loop" / "manifest.json").read_text())["settings"]
+    assert settings["task"] == task
+    # The loop's own arithmetic (sums up to 20) applies only to arithmetic.
+    assert ("high" in settings["task_options"]) == (task == "arithmetic")
+    # The tuned (ft:) models answer every test sum, in each task's own answer format.
+    assert metrics[1]["eval"]["round_accuracy"][0]["mean"] == 1.0
+    for method in ("majority-vote", "single"):
+        assert (tmp_path / "compare" / method / "metrics.json").is_file()
+    assert (tmp_path / "sweep" / "sweep.md").read_text().count("w=0.5") == 1
