@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,24 @@ def test_get_task() -> None:
     assert isinstance(get_task("GSM8K"), GSM8K) and isinstance(get_task("math"), MATH)
     with pytest.raises(ValueError, match="arithmetic, gsm8k, math"):
         get_task("mmlu")
+
+
+@pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"])
+@pytest.mark.parametrize("task", ["gsm8k", "math"])
+def test_an_offline_hub_is_one_line_naming_what_to_pass_at_once(
+    monkeypatch: pytest.MonkeyPatch, variable: str, task: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from mafl_graph.cli import app
+
+    monkeypatch.delenv("MAFL_DATA_DIR", raising=False)
+    monkeypatch.setenv(variable, "1")
+    started = time.perf_counter()
+    result = CliRunner().invoke(app, ["debate", "--task", task, "--n", "2", "--run-dir", "unused"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert variable in lines[0] and "--data-dir" in lines[0]
+    assert time.perf_counter() - started < 10  # no retries against an unreachable hub
+    assert not Path("unused").exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -66,20 +67,53 @@ def read_rows(path: str, n: int | None) -> list[dict[str, Any]]:
 
 @contextlib.contextmanager
 def _quiet_datasets() -> Iterator[None]:
-    """No progress bar or log line of ``datasets`` while it reads a local file: a bad line is
-    reported once, by ``read_rows``, with its line number."""
+    """No progress bar or log line of ``datasets`` (or the hub client) while it reads: a bad
+    line or an unreachable hub is reported once, by the caller, in one line."""
     from datasets import utils
 
     level = utils.logging.get_verbosity()
     bars_were_off = utils.are_progress_bars_disabled()
+    # The hub client logs each of its retries; the one error that follows says it all.
+    hub = logging.getLogger("huggingface_hub")
+    hub_level = hub.level
     utils.logging.set_verbosity(utils.logging.CRITICAL + 10)
+    hub.setLevel(logging.CRITICAL + 10)
     utils.disable_progress_bars()
     try:
         yield
     finally:
         utils.logging.set_verbosity(level)
+        hub.setLevel(hub_level)
         if not bars_were_off:
             utils.enable_progress_bars()
+
+
+_OFFLINE = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+def hub_rows(
+    repo: str, split: str, n: int | None, *, config: str | None = None, subdir: str
+) -> list[dict[str, Any]]:
+    """The first ``n`` rows of ``split`` of the hub dataset ``repo``, read quietly.
+
+    An unreachable hub is a ValueError saying what to pass instead: at once when the user
+    has said they are offline, else after the hub client's own retries.
+    """
+    instead = (
+        f"pass --data-dir DIR (data_dir=) with {subdir}/{split}.jsonl in it, or set ${DATA_DIR_ENV}"
+    )
+    if offline := [v for v in _OFFLINE if os.environ.get(v, "").lower() in ("1", "true", "yes")]:
+        raise ValueError(f"{repo} is on the Hugging Face hub and {offline[0]} is set; {instead}")
+    try:
+        with _quiet_datasets():
+            table = datasets.load_dataset(repo, config, split=split)
+    except (OSError, ConnectionError) as exc:  # requests' and httpx's errors are OSErrors
+        reason = " ".join(str(exc).split())[:200]
+        raise ValueError(
+            f"could not read {repo} from the Hugging Face hub ({type(exc).__name__}: {reason}); "
+            f"{instead}"
+        ) from exc
+    return first_rows(table, n)
 
 
 def row_name(source: str, index: int) -> str:

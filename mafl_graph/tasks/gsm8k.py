@@ -10,11 +10,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
-import datasets
-
 from mafl_graph.grading import Verdict, extract_number, grade, is_equivalent, to_number
 from mafl_graph.tasks.base import Problem
-from mafl_graph.tasks.files import first_rows, local_file, read_rows, require_fields, row_name
+from mafl_graph.tasks.files import (
+    hub_rows,
+    local_file,
+    read_rows,
+    require_fields,
+    row_name,
+)
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,7 @@ class GSM8K:
         """The first ``n`` problems of ``split`` in file order."""
         path = local_file(split, self.data_files, self.data_dir, "gsm8k")
         if path is None:
-            rows = first_rows(datasets.load_dataset("openai/gsm8k", "main", split=split), n)
+            rows = hub_rows("openai/gsm8k", split, n, config="main", subdir="gsm8k")
             source = f"openai/gsm8k ({split})"
         else:
             rows, source = read_rows(path, n), path

@@ -12,13 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-import datasets
-
 from mafl_graph.grading import Verdict, extract_boxed, grade, is_equivalent
 from mafl_graph.tasks.base import Problem
 from mafl_graph.tasks.files import (
     DATA_DIR_ENV,
-    first_rows,
+    hub_rows,
     local_file,
     read_rows,
     require_fields,
@@ -51,7 +49,7 @@ class MATH:
         path = local_file(split, self.data_files, self.data_dir, "math500")
         problems = []
         if path is None:
-            rows = first_rows(datasets.load_dataset("HuggingFaceH4/MATH-500", split=split), n)
+            rows = hub_rows("HuggingFaceH4/MATH-500", split, n, subdir="math500")
             for i, row in enumerate(rows):
                 source = f"HuggingFaceH4/MATH-500 ({split})"
                 question, answer = require_fields(row, ("problem", "answer"), source, i)
