@@ -367,3 +367,32 @@ def test_cli_needs_a_run_directory(tmp_path: Path) -> None:
     result = invoke("--run-dir", str(tmp_path))
     assert result.exit_code == 2
     assert "manifest.json not found" in result.output
+
+
+def test_cli_skips_an_empty_set_with_its_reason_and_writes_the_others(tmp_path: Path) -> None:
+    task = Arithmetic(**SETTINGS["task_options"])
+    problems = task.load("test", SETTINGS["n"])
+
+    def script(agent: int, question: str, round_: int) -> str:
+        match = re.search(r"result of (.+?)\?", question)
+        assert match, question
+        value = sum(int(x) for x in match.group(1).split("+"))
+        wrong_first = agent > 0 and round_ == 1  # agent 0 is never wrong: it has no D_C-
+        return f"Adding up: \\boxed{{{value + wrong_first}}}"
+
+    prepare_run_dir(tmp_path, SETTINGS)
+    graph = create_debate_graph(scripted_society(script), task, rounds=2)
+    run_debates(
+        graph, problems, run_id="debate", db_path=tmp_path / "debates.sqlite", progress=False
+    )
+    result = invoke("--run-dir", str(tmp_path), "--w", "1", "--min-examples", "1")
+    assert result.exit_code == 0, result.output
+    assert "skipped agent0-critic" in " ".join(result.output.split())
+    out = tmp_path / "datasets"
+    assert not list(out.glob("agent0-critic.*"))
+    assert validate_openai(out / "agent1-critic.openai.jsonl", min_examples=1) == []
+    stats = json.loads((out / "stats.json").read_text())
+    # Agents 1 and 2 are always wrong first, so their generators have nothing to learn either.
+    skipped = {"agent0-critic", "agent1-generator", "agent2-generator"}
+    assert set(stats["skipped"]) == skipped and stats["valid"] is True
+    assert "D_C- (first answers wrong" in stats["skipped"]["agent0-critic"]

@@ -52,6 +52,8 @@ def datasets_command(
             f"[yellow]{undecided} answer(s) left out of the datasets:[/yellow] grading them "
             "against the target ran out of time (undecided, not wrong)."
         )
+    for name, reason in report["skipped"].items():
+        console.print(f"[yellow]skipped {name}:[/yellow] no example ({escape(reason)})")
     if not result.ok:
         for path, issues in result.failed.items():
             console.print(f"[red]{escape(str(path))}[/red]: {len(issues)} problem(s)")

@@ -76,6 +76,19 @@ class DatasetStats:
     """Candidates left out because grading an answer against the target ran out of time: not
     known to be right, and (for a critic's first answer) not known to be wrong either."""
 
+    def why_empty(self, target: str, w: float) -> str:
+        """Why a set came out with no example, in the words of the paper's subsets."""
+        if not self.candidates:
+            return f"none of its debates had a {target} ({self.no_target} without)"
+        if self.role == "critic" and (self.wrong_first or self.right_first):
+            return (
+                f"D_C- (first answers wrong, revised to the {target}) has "
+                f"{self.wrong_first} and D_C+ {self.right_first}; w = {w:g} asks for "
+                f"{w:.0%} of D_C-"
+            )
+        undecided = f", {self.undecided} undecided" if self.undecided else ""
+        return f"none of its {self.candidates} answers agreed with the {target}{undecided}"
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 

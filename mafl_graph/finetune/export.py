@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -385,6 +385,8 @@ class ExportResult:
 
     written: list[Path]
     failed: dict[Path, list[ValidationIssue]]
+    skipped: list[str] = field(default_factory=list)
+    """Datasets with no example, left out (``skip_empty``): their agents keep their models."""
 
     @property
     def ok(self) -> bool:
@@ -398,6 +400,7 @@ def export_datasets(
     formats: Sequence[str] = FORMATS,
     min_examples: int | None = None,
     count_tokens: Counter = estimate_tokens,
+    skip_empty: bool = False,
 ) -> ExportResult:
     """Every dataset in every format under ``out_dir`` as ``<agent>-<role>.<format>…``.
 
@@ -405,7 +408,8 @@ def export_datasets(
     ``min_examples``: overrides each provider's minimum (e.g. 1 for a smoke test). Every file
     of an earlier export of the same dataset (any format) is removed first, so the directory
     only ever holds the latest settings, and a dataset that fails validation leaves nothing
-    stale behind for a tuner to upload.
+    stale behind for a tuner to upload. ``skip_empty``: a dataset with no example is listed
+    in ``skipped`` instead of failing every format's minimum.
     """
     if unknown := sorted(set(formats) - set(FORMATS)):
         raise ValueError(f"unknown format(s) {unknown}; choose from {list(FORMATS)}.")
@@ -413,6 +417,7 @@ def export_datasets(
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     failed: dict[Path, list[ValidationIssue]] = {}
+    skipped: list[str] = []
     limits: dict[str, Any] = {"count_tokens": count_tokens}
     if min_examples is not None:
         limits["min_examples"] = min_examples
@@ -420,6 +425,9 @@ def export_datasets(
         for suffixes in _SUFFIXES.values():  # every format: no stale file of other settings
             for suffix in suffixes:
                 _remove(out / (dataset.name + suffix))
+        if skip_empty and not dataset.examples:
+            skipped.append(dataset.name)
+            continue
         for fmt in formats:
             for suffix in _SUFFIXES[fmt]:
                 path = out / (dataset.name + suffix)
@@ -429,7 +437,7 @@ def export_datasets(
                     failed[path] = exc.issues
                     continue
                 written.append(path)
-    return ExportResult(written, failed)
+    return ExportResult(written, failed, skipped)
 
 
 _SUFFIXES = {

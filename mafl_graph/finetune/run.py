@@ -46,11 +46,17 @@ def export_run_datasets(
     chosen: Target = "reference" if target == "reference" else "consensus"
     other: Target = "consensus" if chosen == "reference" else "reference"
     built = build_datasets(traces, task, w=w, target=chosen, seed=seed, n_agents=agents)
+    built_by_name = {d.name: d for d in built.values()}
     variant = {}
     if other == "consensus" or any(t.reference is not None for t in traces):
         variant = build_datasets(traces, task, w=w, target=other, seed=seed, n_agents=agents)
     out = layout.datasets_dir()
-    result = export_datasets(built.values(), out, formats=formats, min_examples=min_examples)
+    # A set with no example is skipped, not a failure: that agent keeps its model (as in the
+    # loop); exit 1 stays for files a provider would reject.
+    result = export_datasets(
+        built.values(), out, formats=formats, min_examples=min_examples, skip_empty=True
+    )
+    skipped = {name: built_by_name[name].stats.why_empty(target, w) for name in result.skipped}
     report = {
         "run_dir": str(run_dir),
         "out": str(out),
@@ -63,6 +69,7 @@ def export_run_datasets(
         "unfinished": [dataclasses.asdict(u) for u in traces.unfinished],
         "datasets": {d.name: d.stats.as_dict() for d in built.values()},
         f"examples_with_target_{other}": {d.name: d.stats.examples for d in variant.values()},
+        "skipped": skipped,
         "valid": result.ok,
         "issues": {str(p): [str(i) for i in issues] for p, issues in result.failed.items()},
     }
