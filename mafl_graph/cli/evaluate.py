@@ -12,18 +12,22 @@ from mafl_graph.config import ClientOptions, TaskOptions
 
 Opt = typer.Option
 
+WIDE_HELP = "print every column of the table (diversity, tokens, times); report.md has them all"
+
 
 @app.command("report")
 def report_command(
     run_dir: Annotated[Path, Opt(help="a `mafl compare` or `mafl loop` directory")] = Path(
         "runs/compare"
     ),
+    wide: Annotated[bool, Opt(help=WIDE_HELP)] = False,
 ) -> None:
-    """Write report.md (Table 1 style), accuracy.png and diversity.png; print the table."""
-    from mafl_graph.report import write_report
+    """Write report.md (Table 1 style, every column), accuracy.png and diversity.png; print
+    the table (compact, 80 columns, unless --wide)."""
+    from mafl_graph.report import console_table, load_metrics, write_report
 
     path = write_report(run_dir)
-    console.print(path.read_text())
+    console.print(console_table(load_metrics(run_dir), wide=wide, title=str(run_dir)))
     console.print(f"Wrote {path}.")
 
 
@@ -41,6 +45,7 @@ def eval_command(
     test_task: Annotated[str, Opt(help="the task to evaluate on")] = "gsm8k",
     n: Annotated[int, Opt(help="test problems")] = 100,
     concurrency: Annotated[int, Opt(help="problems debated at once")] = 16,
+    wide: Annotated[bool, Opt(help=WIDE_HELP)] = False,
 ) -> None:
     """Zero-shot transfer (paper Fig. 5): the base and the tuned society on another task.
 
@@ -49,7 +54,7 @@ def eval_command(
     import dataclasses
 
     from mafl_graph.evaluate import evaluate_transfer
-    from mafl_graph.report import markdown_table, rows
+    from mafl_graph.report import console_table, markdown_table, rows
 
     records, out = evaluate_transfer(
         run_dir,
@@ -59,6 +64,7 @@ def eval_command(
         concurrency=concurrency,
         client=client,
     )
-    table = markdown_table(rows({f"tuned on {train_task}, tested on {out.root.name}": records}))
-    out.report.write_text(table)
-    console.print(table)
+    metrics = {f"tuned on {train_task}, tested on {out.root.name}": records}
+    out.report.write_text(markdown_table(rows(metrics)))
+    console.print(console_table(metrics, wide=wide))
+    console.print(f"Wrote {out.report}.")
