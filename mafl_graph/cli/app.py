@@ -138,12 +138,29 @@ def with_options(
 
 
 def show_progress_logs() -> None:
-    """Step messages of the loop on the console, next to tqdm's progress bars."""
+    """Step messages of the loop on the console, next to tqdm's progress bars.
+
+    One handler on the root logger (replacing any), which prints each record's message once
+    under rich's own time and level columns; the loop's and comparison's steps at INFO, the
+    rest of the process (libraries included) at WARNING.
+    """
     import logging
 
     from rich.logging import RichHandler
+    from tqdm.auto import tqdm
 
-    handler = RichHandler(console=console, show_path=False)
+    class BarSafeHandler(RichHandler):
+        """Clears tqdm's bars before a line and redraws them after it: a bar drawn without a
+        newline would otherwise run into the line, and the line into the next redraw."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            with tqdm.external_write_mode(file=self.console.file):
+                super().emit(record)
+
+    handler = BarSafeHandler(console=console, show_path=False)
+    # Only the message: rich prints the time and the level itself, and basicConfig would give a
+    # handler without a formatter its "LEVEL:logger:message" format, printing the level twice.
+    handler.setFormatter(logging.Formatter("%(message)s"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
     for name in ("mafl_graph.loop", "mafl_graph.compare"):
         logging.getLogger(name).setLevel(logging.INFO)
