@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +22,13 @@ from langchain_core.callbacks import Callbacks
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import StateGraph
 from langgraph.graph.state import CompiledStateGraph
-from tqdm.auto import tqdm
 
 from mafl_graph.debate.journal import JOURNAL_KEY, ReplyJournal
 from mafl_graph.debate.journal import TABLE as JOURNAL_TABLE
 from mafl_graph.debate.saver import InlineSqliteSaver
-from mafl_graph.debate.size import check_size
+from mafl_graph.debate.size import DebateShape, check_size
 from mafl_graph.debate.state import DebateInput, Response
+from mafl_graph.progress import CallProgress, calls_per_debate, phase_name
 from mafl_graph.redact import check_no_secrets, redact
 from mafl_graph.rundir import RunLayout
 from mafl_graph.tasks.base import Problem
@@ -58,6 +59,10 @@ class DebateResult:
 # The metadata key that names a run in checkpoints and traces. Not "run_id": LangGraph reads
 # that key to decide whether new input re-enters an ongoing run and would ignore the input.
 RUN_KEY = "mafl_run_id"
+
+# The debate graph's nodes that make one model call each (see debate/graph.py): the progress
+# bar counts their finished tasks.
+MODEL_NODES = frozenset({"generate", "summarize", "critique"})
 
 
 def thread_id(run_id: str, problem_id: str) -> str:
@@ -150,6 +155,8 @@ async def arun_debates(
     by default a SQLite file at ``db_path`` (default ``runs/<run_id>/debates.sqlite``).
     ``metadata``: copied into every checkpoint and every model call's trace (e.g. iteration).
     ``callbacks``: LangChain callback handlers (a LangSmith tracer, a cost counter, …).
+    ``progress``: a bar (on stderr) over the run's model calls, with rate and ETA, named after
+    the run (``metadata``'s split and iteration); a resumed run starts it at the calls saved.
     A debate that raises is reported with ``error`` set, never as correct; the others finish.
     A damaged SQLite file raises :class:`CheckpointError` before anything is written to it.
     A debate estimated to store more than ``$MAFL_CHECKPOINT_WARN_MB`` (default 100) MB of
@@ -163,7 +170,8 @@ async def arun_debates(
     # Metadata is copied into every checkpoint and every traced call: a key must not ride along.
     check_no_secrets(dict(metadata or {}), "metadata")
     builder = graph.builder if isinstance(graph, CompiledStateGraph) else graph
-    if (shape := getattr(builder, "debate_shape", None)) is not None:
+    shape: DebateShape | None = getattr(builder, "debate_shape", None)
+    if shape is not None:
         check_size(shape, problems)
     async with _saver(graph, checkpointer, db_path, run_id) as (compiled, journal):
         limit = asyncio.Semaphore(max_concurrency)
@@ -173,9 +181,20 @@ async def arun_debates(
         # phase, each step's work arriving in bursts that make every call wait
         # (benchmarks/orchestration_overhead.py compares the two schedules).
         starting = asyncio.Lock()
-        bar = tqdm(total=len(problems), desc=f"debates {run_id}", disable=not progress)
+        per_debate = (
+            calls_per_debate(shape.agents, shape.rounds, shape.summarize) if shape else None
+        )
+        threads = [thread_id(run_id, p.id) for p in problems]
+        bar = CallProgress(
+            threads,
+            per_debate=per_debate,
+            saved=await _saved_calls(compiled, threads, per_debate) if progress else None,
+            desc=phase_name(run_id, metadata),
+            disable=not progress,
+        )
 
         async def one(problem: Problem) -> DebateResult:
+            thread = thread_id(run_id, problem.id)
             async with limit:
                 started = asyncio.Event()
                 async with starting:
@@ -188,6 +207,7 @@ async def arun_debates(
                             callbacks,
                             started,
                             journal,
+                            functools.partial(bar.call_done, thread),
                         )
                     )
                     try:
@@ -196,17 +216,18 @@ async def arun_debates(
                         debate.cancel()
                         raise
                 result = await debate  # a cancellation here reaches the debate itself
-            bar.update()
+            bar.debate_done(thread, failed=not result.ok)
             return result
 
         with _gc_spares_what_is_loaded():
             tasks = [asyncio.ensure_future(one(p)) for p in problems]
+            fresh = asyncio.ensure_future(bar.keep_fresh())
             try:
                 return list(await asyncio.gather(*tasks))
             finally:  # on an error (or cancellation) stop the other debates before the saver closes
-                for task in tasks:
+                for task in [*tasks, fresh]:
                     task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.gather(*tasks, fresh, return_exceptions=True)
                 bar.close()
 
 
@@ -243,6 +264,22 @@ def _gc_spares_what_is_loaded() -> Iterator[None]:
                     gc.unfreeze()
 
 
+async def _saved_calls(
+    graph: CompiledStateGraph, threads: Sequence[str], per_debate: int | None
+) -> dict[str, int]:
+    """The model calls each thread already holds (0 for a new one), where a resumed bar starts:
+    its saved replies and summaries, those of a step cut short included (the state read back
+    holds the writes its finished tasks saved)."""
+    saved = {}
+    for thread in threads:
+        values = (await graph.aget_state({"configurable": {"thread_id": thread}})).values
+        if per_debate is not None and "consensus_fraction" in values:
+            saved[thread] = per_debate
+        else:
+            saved[thread] = len(values.get("responses", [])) + len(values.get("summaries", []))
+    return saved
+
+
 async def _until_set(event: asyncio.Event, task: asyncio.Future[Any]) -> None:
     """Wait until ``event`` is set or ``task`` is done, whichever comes first."""
     waiter = asyncio.ensure_future(event.wait())
@@ -260,10 +297,12 @@ async def _debate(
     callbacks: Callbacks,
     started: asyncio.Event,
     journal: ReplyJournal | None = None,
+    call_done: Callable[[], None] | None = None,
 ) -> DebateResult:
     """Debate ``problem`` to the end, or resume it; ``started`` is set when its first model
     calls start (or, for a finished debate, never). ``journal``: where the model nodes write
-    each reply as it arrives (see :mod:`mafl_graph.debate.journal`)."""
+    each reply as it arrives (see :mod:`mafl_graph.debate.journal`). ``call_done``: called as
+    each model call finishes (after its retries, failed or not)."""
     thread = thread_id(run_id, problem.id)
     config: Any = {
         "configurable": {"thread_id": thread, **({JOURNAL_KEY: journal} if journal else {})},
@@ -284,12 +323,12 @@ async def _debate(
             start = DebateInput(
                 problem_id=problem.id, question=problem.question, reference=problem.answer
             )
-            saved = await _run_graph(graph, start, config, started)
+            saved = await _run_graph(graph, start, config, started, call_done)
         elif snapshot.next or "consensus_fraction" not in saved:
             # Interrupted: finish from the last saved step. Only the vote's keys say a debate
             # is done: a thread killed mid-step can come back with an empty ``next``
             # (tests/test_kill_resume.py).
-            saved = await _run_graph(graph, None, config, started)
+            saved = await _run_graph(graph, None, config, started, call_done)
         if "consensus_fraction" not in saved:  # a graph with output_key streams its record only
             saved = (await graph.aget_state(config)).values
     except Exception as exc:  # one bad problem must not sink the run
@@ -310,17 +349,29 @@ async def _debate(
 
 
 async def _run_graph(
-    graph: CompiledStateGraph, start: Any, config: Any, started: asyncio.Event
+    graph: CompiledStateGraph,
+    start: Any,
+    config: Any,
+    started: asyncio.Event,
+    call_done: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """``graph.ainvoke``, setting ``started`` as soon as the graph starts a node's task."""
+    """``graph.ainvoke``, setting ``started`` as soon as the graph starts a node's task and
+    calling ``call_done`` as each model node's task finishes.
+
+    A task's result event comes once, after the node's retries, as soon as that task is done,
+    not at the end of its step: the bar moves with each answer of a batch.
+    """
     saved: dict[str, Any] = {}
     async for mode, chunk in graph.astream(
         start, config, durability="sync", stream_mode=["tasks", "values"]
     ):
         if mode == "values":
             saved = cast(dict[str, Any], chunk)
-        else:
-            started.set()
+            continue
+        started.set()
+        task = cast(dict[str, Any], chunk)  # a task's start, or its result (or error)
+        if call_done is not None and "result" in task and task["name"] in MODEL_NODES:
+            call_done()
     return saved
 
 
