@@ -307,6 +307,12 @@ class LoopConfig:
     temperature: float | None = option(None, "sampling temperature")
     max_tokens: int | None = option(64, "at most this many new tokens per reply")
     concurrency: int = option(16, "problems debated at once")
+    # Not in the manifest: a resumed run may report elsewhere.
+    report_to: list[str] = option(
+        (),
+        "experiment trackers that follow the run: wandb, mlflow, tensorboard (repeatable or "
+        "comma-separated; 'all': every installed one); needs the tracking extra",
+    )
     tune: TuneOptions = field(default_factory=TuneOptions)
     client: ClientOptions = field(default_factory=ClientOptions)
 
@@ -366,6 +372,7 @@ class LoopConfig:
             "w": self.w,
             "seed": self.seed,
             "concurrency": self.concurrency,
+            "report_to": list(self.report_to),
         }
 
     def loop(

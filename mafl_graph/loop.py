@@ -43,10 +43,11 @@ from mafl_graph.finetune.tuners.registry import TunerFactory
 from mafl_graph.finetune.tuners.run import Key, load_tuned, tune_run
 from mafl_graph.methods import Method, get_method, loop_method_names
 from mafl_graph.models import model_label
-from mafl_graph.rundir import RunLayout, prepare_run_dir, write_json
+from mafl_graph.rundir import RunLayout, prepare_run_dir, read_settings, write_json
 from mafl_graph.society import Society
 from mafl_graph.tasks.base import Problem, Task
 from mafl_graph.traces import read_traces_sqlite
+from mafl_graph.tracking import RunTracking, Tracker, make_trackers
 from mafl_graph.usage import UsageRecorder
 
 METHODS: tuple[str, ...] = loop_method_names()
@@ -86,6 +87,7 @@ class MultiagentFinetuning:
         diversity: Callable[[Society, Evaluation], dict[str, Any]] | None = None,
         settings: Mapping[str, Any] | None = None,
         callbacks: Sequence[BaseCallbackHandler] = (),
+        report_to: str | Tracker | Sequence[str | Tracker] | None = (),
         progress: bool = True,
     ) -> None:
         """
@@ -106,6 +108,9 @@ class MultiagentFinetuning:
         the manifest: a rerun with other settings is refused, not mixed in.
         ``callbacks``: see every model call of every debate, beside the loop's own
         :class:`~mafl_graph.usage.UsageRecorder` (``RunLayout.usage``).
+        ``report_to``: experiment trackers that follow the run (:mod:`mafl_graph.tracking`):
+        ``"wandb"``, ``"mlflow"``, ``"tensorboard"``, a registered name, ``"all"``, or
+        :class:`~mafl_graph.tracking.Tracker` objects; each needs its package, checked here.
         """
         self.method = _loop_method(method)
         for name, value, least in (
@@ -142,6 +147,7 @@ class MultiagentFinetuning:
         self.evaluate_base, self.diversity = bool(fixed["evaluate_base"]), diversity
         self.extra_settings = dict(settings or {})
         self.callbacks = list(callbacks)
+        self.trackers = make_trackers(report_to)
         self.progress = progress
 
     def settings(self) -> dict[str, Any]:
@@ -173,10 +179,15 @@ class MultiagentFinetuning:
                 f"{len(overlap)} test question(s) also appear in the train split (e.g. "
                 f"{next(iter(overlap))!r}); a tuned society would be graded on what it learned."
             )
-        metrics = _Metrics(layout.metrics)
+        # Trackers get the manifest's settings (as on disk) and every step, those a resumed
+        # run reads back included, so each tracker run holds the run's whole history.
+        tracking = RunTracking(self.trackers, layout.root)
+        metrics = _Metrics(layout.metrics, on_step=tracking.log_step)
         # A resumed run adds to what the interrupted one recorded (finished calls are not redone).
         usage = UsageRecorder(layout.usage)
         callbacks = [usage, *self.callbacks]
+        tracking.start({**read_settings(layout.manifest), "iterations": self.iterations})
+        finished = False
         try:
             if self.evaluate_base:
                 self._evaluate(metrics, 0, self.society, test, layout, callbacks)
@@ -192,8 +203,10 @@ class MultiagentFinetuning:
                 tuned = load_tuned(layout.tuned_at(k))
                 society = self.society_after(tuned)
                 self._evaluate(metrics, k, society, test, layout, callbacks)
+            finished = True
         finally:
             usage.save()
+            tracking.finish(failed=not finished)
         return metrics.records
 
     # Steps -------------------------------------------------------------------------------
@@ -370,8 +383,12 @@ def _model_ids(society: Society) -> list[str]:
 class _Metrics:
     """The run's metrics: one record per iteration, one key per finished step, saved at once."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, path: Path, on_step: Callable[[int, str, dict[str, Any]], None] | None = None
+    ) -> None:
         self.path = path
+        # Told of every step, run now or read back (a tracker replays a resumed run).
+        self.on_step = on_step
         self.records: list[dict[str, Any]] = []
         if path.is_file():
             try:
@@ -391,4 +408,6 @@ class _Metrics:
         if name not in record:
             record[name] = run()
             write_json(self.path, self.records)
+        if self.on_step is not None:
+            self.on_step(k, name, record[name])
         return record[name]  # type: ignore[no-any-return]
