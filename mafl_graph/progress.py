@@ -2,17 +2,48 @@
 
 Debates run many at once and finish together (a batching engine answers their calls side by
 side), so a bar over debates sits at zero for most of a run and then jumps; a bar over the
-run's model calls moves every few seconds and its rate and ETA mean something.
+run's model calls moves as answers arrive and its rate and ETA mean something. Where one
+batch's calls all end together (the embedded engine, replies cut at the same length), the
+bar also shows the tokens decoded so far, which an engine reports through
+:func:`count_tokens` as it decodes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tqdm.auto import tqdm
+
+
+class TokenMeter:
+    """Tokens decoded in this process so far, added to by whoever decodes them."""
+
+    def __init__(self) -> None:
+        self._n = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self._n += n
+
+    @property
+    def total(self) -> int:
+        return self._n
+
+
+DECODED = TokenMeter()
+
+
+def count_tokens(n: int) -> None:
+    """Report ``n`` newly decoded tokens (an engine's decoding step: one per row of its batch).
+
+    Cheap enough for every step; the bars of the runs in progress show them within a second.
+    """
+    DECODED.add(n)
 
 
 def calls_per_debate(agents: int, rounds: int, summarize: bool) -> int:
@@ -57,17 +88,20 @@ class CallProgress:
         self._debates = len(debates)
         self._finished = 0
         self._failed = 0
+        self._tokens_from = DECODED.total
+        self._tokens_shown = 0
         self.bar = tqdm(
             total=per_debate * len(debates) if per_debate is not None else None,
             initial=sum(self._counted.values()),
             desc=desc,
             unit="call",
             disable=disable,
-            # Calls of a batch finish in bursts: a slow average keeps the ETA from jumping.
-            smoothing=0.05,
+            # The run's average rate, not a moving one: calls of a batch finish in bursts,
+            # and tqdm credits a burst to its first draw, which comes seconds after the last.
+            smoothing=0,
             dynamic_ncols=True,
         )
-        self._show_debates()
+        self._show_postfix()
 
     def call_done(self, debate: str) -> None:
         """One model call of ``debate`` finished."""
@@ -85,7 +119,7 @@ class CallProgress:
             if rest > 0:
                 self._counted[debate] = self.per_debate
                 self.bar.update(rest)
-        self._show_debates()
+        self._show_postfix()
 
     async def keep_fresh(self, every: float = 1.0, idle: float = 5.0) -> None:
         """Redraw the bar every ``every`` seconds if a count is not shown yet, and at least
@@ -104,13 +138,26 @@ class CallProgress:
             # tqdm's own record of its last drawing, read only: what ``update`` drew counts
             # in its rate, so it is not to be moved from here.
             drawn_t = max(drawn_t, bar.last_print_t)
-            if bar.n not in (bar.last_print_n, drawn_n) or time.time() - drawn_t >= idle:
+            decoded = self._show_postfix()
+            stale = bar.n not in (bar.last_print_n, drawn_n)
+            if stale or decoded or time.time() - drawn_t >= idle:
                 bar.refresh()
                 drawn_n, drawn_t = bar.n, time.time()
 
     def close(self) -> None:
         self.bar.close()
 
-    def _show_debates(self) -> None:
+    def _show_postfix(self) -> bool:
+        """Show the debates finished and the tokens decoded; whether tokens were decoded
+        since they were last shown."""
+        if self.bar.disable:
+            return False
         failed = f", {self._failed} failed" if self._failed else ""
-        self.bar.set_postfix_str(f"debates {self._finished}/{self._debates}{failed}", refresh=False)
+        tokens = DECODED.total - self._tokens_from
+        elapsed = max(time.time() - self.bar.start_t, 1e-9)
+        decoded = f", {tokens:,} tokens at {tokens / elapsed:.1f}/s" if tokens else ""
+        self.bar.set_postfix_str(
+            f"debates {self._finished}/{self._debates}{failed}{decoded}", refresh=False
+        )
+        new, self._tokens_shown = tokens != self._tokens_shown, tokens
+        return new

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from mafl_graph import Society, create_debate_graph, run_debates
 from mafl_graph.debate import run as run_module
-from mafl_graph.progress import CallProgress, calls_per_debate, phase_name
+from mafl_graph.progress import CallProgress, calls_per_debate, count_tokens, phase_name
 
 
 @pytest.fixture
@@ -146,6 +146,20 @@ def test_a_resumed_run_starts_the_bar_at_the_calls_already_saved(
     run_debates(create_debate_graph(failing, task), task.load("test"), run_id="r", db_path=db)
     finished = bars[2]
     assert finished.bar.initial == finished.bar.n == 2 * 9
+
+
+def test_the_bar_shows_the_tokens_an_engine_reports_as_it_decodes(
+    tmp_path: Path, bars: list[CallProgress]
+) -> None:
+    def reply(messages: list[BaseMessage]) -> str:
+        count_tokens(10)  # as the embedded engine does at each decoding step
+        return "\\boxed{1}"
+
+    task = EchoTask(["1"])
+    graph = create_debate_graph(Society.from_model(ScriptedModel(reply=reply)), task)
+    run_debates(graph, task.load("test"), run_id="r", db_path=tmp_path / "d.sqlite")
+    (bar,) = bars
+    assert re.fullmatch(r"debates 1/1, 90 tokens at [0-9.]+/s", bar.bar.postfix)
 
 
 def test_the_bar_is_named_after_the_run() -> None:
