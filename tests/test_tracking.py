@@ -314,9 +314,22 @@ def test_names_are_checked_when_the_loop_is_built(
     ):
         _loop(tuner, 1, "tensorboard")
     assert "tensorboard" not in {t.name for t in make_trackers("all")}
-    # The CLI's option comes from LoopConfig, and reaches the loop.
+    # The CLI's option comes from LoopConfig, and reaches the loop before anything is written.
     assert LoopConfig.of(report_to=["mlflow"]).loop_options()["report_to"] == ["mlflow"]
     assert LoopConfig().loop_options()["report_to"] == []
+
+
+def test_the_cli_takes_report_to(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from mafl_graph.cli import app
+
+    assert "--report-to" in CliRunner().invoke(app, ["loop", "--help"]).output
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-" + "x" * 24)  # a hosted society: no model
+    args = ["loop", "--model", "openai:gpt-4o-mini-2024-07-18", "--run-dir", str(tmp_path / "r")]
+    result = CliRunner().invoke(app, [*args, "--report-to", "tensorboard,comet"])
+    assert result.exit_code != 0 and "Unknown tracker 'comet'" in result.output
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_registered_tracker_sees_each_step_in_order_and_a_resumed_run_replays(
