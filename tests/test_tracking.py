@@ -356,6 +356,30 @@ def test_a_registered_tracker_sees_each_step_in_order_and_a_resumed_run_replays(
     assert again == first
 
 
+def test_a_comparison_reports_each_method_as_its_own_run(
+    tmp_path: Path, tuner: TunerFactory, recorder: type[Recorder]
+) -> None:
+    from mafl_graph.compare import compare_methods
+
+    compare_methods(
+        _society(),
+        SplitTask(),
+        tuner,
+        tmp_path,
+        methods=["multiagent", "single"],
+        iterations=1,
+        n_train=3,
+        n_test=2,
+        concurrency=2,
+        w=1.0,
+        progress=False,
+        report_to="test-recorder",
+    )
+    opened = [r.calls[0][1] for r in Recorder.made if r.calls]
+    assert opened == ["multiagent", "single"]
+    assert all(r.calls[-1] == ("close", False) for r in Recorder.made if r.calls)
+
+
 def test_a_failing_tracker_is_dropped_and_one_that_cannot_start_stops_the_run(
     tmp_path: Path,
     tuner: TunerFactory,
