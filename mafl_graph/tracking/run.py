@@ -23,6 +23,7 @@ from mafl_graph.tracking.base import Tracker
 
 log = logging.getLogger(__name__)
 _ADAPTER = re.compile(r"^agent(\d+)-(generator|critic)$")
+_IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")  # a markdown image's file
 
 
 class RunTracking:
@@ -99,7 +100,10 @@ class RunTracking:
         return total
 
     def _figures(self) -> list[Path]:
-        """The report's figures: written now when matplotlib is there, else those on disk."""
+        """The report's figures: written now when matplotlib is there, else those on disk.
+
+        They are the images the report embeds, so a figure the report gains is logged too.
+        """
         if importlib.util.find_spec("matplotlib") is not None:
             from mafl_graph.report import write_report
 
@@ -107,7 +111,13 @@ class RunTracking:
                 write_report(self.layout.root)
             except Exception as exc:  # the figures are a courtesy; the run has finished
                 log.warning("tracking: the report's figures could not be made: %s", exc)
-        return [p for p in map(self.layout.figure, ("accuracy", "diversity")) if p.is_file()]
+        try:
+            names = _IMAGE.findall(self.layout.report.read_text())
+        except OSError:  # no report: the figures' usual names
+            names = [self.layout.figure(n).name for n in ("accuracy", "diversity")]
+        root = self.layout.root.resolve()
+        found = [(root / n).resolve() for n in dict.fromkeys(names)]
+        return [p for p in found if p.is_file() and p.is_relative_to(root)]
 
     def _each(self, what: str, call: Any) -> None:
         for tracker in list(self.trackers):

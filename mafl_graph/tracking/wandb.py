@@ -40,6 +40,8 @@ class WandbTracker(Tracker):
                 "project": self.project or os.environ.get("WANDB_PROJECT") or PROJECT,
                 "name": run_dir.name,
                 "config": {**settings, "run_dir": str(run_dir)},
+                # A run of the caller's own stays open and untouched beside this one.
+                "reinit": "create_new",
                 **self.init,
             }
         )
