@@ -253,6 +253,35 @@ def test_wandb_mlflow_and_tensorboard_follow_the_loop_and_a_resumed_run(
     assert '"method": "multiagent"' in settings
 
 
+def test_mlflow_writes_to_a_file_store_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from mafl_graph.tracking.mlflow import MlflowTracker
+
+    # MLflow 3 keeps the file store for those who ask for it.
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = (tmp_path / "mlruns").as_uri()
+    figure = tmp_path / "accuracy.png"
+    figure.write_bytes(b"\x89PNG\r\n\x1a\n")
+    tracker = MlflowTracker(experiment="file-store", tracking_uri=uri)
+    tracker.start(tmp_path / "run", {"method": "multiagent", "tune": {"epochs": 2}})
+    run_id = tracker.run_id
+    assert run_id is not None
+    tracker.log_step(1, "eval", {"accuracy": {"mean": 0.5}})
+    tracker.log_curve("loss/agent0-generator", [2.0, 1.0], first_step=4)
+    tracker.finish([figure])
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "run"
+    assert run.data.params == {"method": "multiagent", "tune.epochs": "2"}
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "eval/accuracy/mean")] == [
+        (1, 0.5)
+    ]
+    loss = client.get_metric_history(run_id, "loss/agent0-generator")
+    assert sorted((m.step, m.value) for m in loss) == [(4, 2.0), (5, 1.0)]
+    assert [a.path for a in client.list_artifacts(run_id, "figures")] == ["figures/accuracy.png"]
+
+
 # Names, packages, and the protocol -----------------------------------------------------------
 
 
