@@ -205,8 +205,10 @@ class MultiagentFinetuning:
                 self._evaluate(metrics, k, society, test, layout, callbacks)
             finished = True
         finally:
-            usage.save()
-            tracking.finish(failed=not finished)
+            try:
+                usage.save()
+            finally:
+                tracking.finish(failed=not finished)
         return metrics.records
 
     # Steps -------------------------------------------------------------------------------

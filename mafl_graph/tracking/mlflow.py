@@ -54,9 +54,19 @@ class MlflowTracker(Tracker):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, v, now, step) for k, v in metrics.items()]
-        for i in range(0, len(batch), 1000):  # MLflow's limit on metrics per call
-            self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
+        self._log([Metric(k, v, now, step) for k, v in metrics.items()])
+
+    def log_curve(self, name: str, values: Sequence[float], first_step: int) -> None:
+        # One request per curve rather than per point: a server may be far away.
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        points = [(first_step + i, v) for i, v in enumerate(values) if isinstance(v, int | float)]
+        self._log([Metric(name, float(v), now, step) for step, v in points])
+
+    def _log(self, metrics: list[Any]) -> None:
+        for i in range(0, len(metrics), 1000):  # MLflow's limit on metrics per call
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
 
     def log_files(self, paths: Sequence[Path]) -> None:
         for path in paths:
