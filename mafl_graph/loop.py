@@ -36,7 +36,7 @@ from typing import Any
 from langchain_core.callbacks import BaseCallbackHandler
 
 from mafl_graph.evaluate import Evaluation, evaluate_society
-from mafl_graph.finetune.datasets import DEFAULT_W, DatasetStats, Target, build_datasets, check_w
+from mafl_graph.finetune.datasets import DEFAULT_W, Target, build_datasets, check_w
 from mafl_graph.finetune.export import export_datasets
 from mafl_graph.finetune.tuners.base import TunedModel, Tuner
 from mafl_graph.finetune.tuners.registry import TunerFactory
@@ -295,7 +295,7 @@ class MultiagentFinetuning:
                 "iteration %d: %s has no training example (%s); it keeps its model",
                 k,
                 empty.name,
-                self._why_empty(empty.stats),
+                empty.stats.why_empty(self.target, self.w),
             )
         if not usable:
             raise LoopError(
@@ -331,18 +331,6 @@ class MultiagentFinetuning:
             "seconds": time.perf_counter() - started,
             "tuned": sorted(f"agent{o.agent}-{o.role}" for o in outcomes),
         }
-
-    def _why_empty(self, stats: DatasetStats) -> str:
-        if not stats.candidates:
-            return f"none of its debates had a {self.target} ({stats.no_target} without)"
-        if stats.role == "critic" and (stats.wrong_first or stats.right_first):
-            return (
-                f"D_C- (first answers wrong, revised to the {self.target}) has "
-                f"{stats.wrong_first} and D_C+ {stats.right_first}; w = {self.w:g} asks for "
-                f"{self.w:.0%} of D_C-"
-            )
-        undecided = f", {stats.undecided} undecided" if stats.undecided else ""
-        return f"none of its {stats.candidates} answers agreed with the {self.target}{undecided}"
 
     # Societies ---------------------------------------------------------------------------
 
