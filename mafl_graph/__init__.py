@@ -100,6 +100,8 @@ _EXPORTS: dict[str, str] = {
     "register_method": "mafl_graph.methods",
     "RunLayout": "mafl_graph.rundir",
     "register_task": "mafl_graph.tasks",
+    "Tracker": "mafl_graph.tracking",
+    "register_tracker": "mafl_graph.tracking",
 }
 
 __all__ = [
@@ -191,6 +193,8 @@ __all__ = [
     "register_method",
     "RunLayout",
     "register_task",
+    "Tracker",
+    "register_tracker",
 ]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports
