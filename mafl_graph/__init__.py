@@ -300,6 +300,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
         read_traces,
         read_traces_sqlite,
     )
+    from mafl_graph.tracking import Tracker, register_tracker
     from mafl_graph.usage import (
         UsageRecorder,
     )
