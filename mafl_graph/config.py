@@ -45,10 +45,11 @@ __all__ = [
 DEFAULT_W = 0.67
 """The paper's share of D_C⁻ (first answer wrong, revised to the target) in a critic's set."""
 
-LOOP_ARITHMETIC: dict[str, Any] = {"terms": 2, "low": 0, "high": 20, "operators": "+"}
-"""The loop's arithmetic where no option says otherwise: sums of two numbers up to 20, on
-which the embedded SmolLM2-135M scores within 20–60% (docs/loop.md), so tuning has room to
-help. ``mafl debate`` uses :class:`~mafl_graph.tasks.Arithmetic`'s own, harder defaults."""
+LOOP_ARITHMETIC: dict[str, Any] = {"terms": 2, "low": 0, "high": 30, "operators": "+"}
+"""The loop's arithmetic where no option says otherwise: sums of two numbers up to 30, on
+which the embedded SmolLM2-135M scores within 20–60% (docs/results.md), so tuning has room to
+help, with enough distinct problems for the default 100 train and 100 test. ``mafl debate``
+uses :class:`~mafl_graph.tasks.Arithmetic`'s own, harder defaults."""
 
 
 @dataclass(frozen=True)
