@@ -220,6 +220,26 @@ def test_copies_share_one_engine(model, engine):
 
 
 @pytest.mark.integration
+def test_views_of_the_shared_base_share_its_weights_and_not_their_adapters(engine):
+    """The tuner's view of the base holds the engine's very tensors; a LoRA injected into it
+    changes neither the engine's modules nor the next view."""
+    from peft import LoraConfig, get_peft_model
+
+    model_dir = prepare_model_dir("smollm2")
+    view = loading.shared_base(model_dir, "float32")
+    ours = dict(view.named_parameters())
+    # (names the engine's adapters have wrapped, e.g. ``q_proj.base_layer.weight``, differ)
+    same_names = [(name, w) for name, w in engine.model.named_parameters() if name in ours]
+    assert same_names and all(ours[name] is weight for name, weight in same_names)
+    before = [type(m) for m in engine.model.modules()]
+    with loading.peft_quietly():
+        get_peft_model(view, LoraConfig(r=4, target_modules="all-linear"))
+    assert [type(m) for m in engine.model.modules()] == before
+    fresh = loading.shared_base(model_dir, "float32")
+    assert not any("lora_" in name for name, _ in fresh.named_parameters())
+
+
+@pytest.mark.integration
 def test_ainvoke(model):
     reply = asyncio.run(model.ainvoke([SystemMessage("Answer briefly."), HumanMessage("Hi!")]))
     assert reply.content.strip()

@@ -19,9 +19,12 @@ from mafl_graph.local.batching import BASE_ADAPTER, BatchScheduler, Request
 from mafl_graph.local.loading import (
     SMOLLM2_ALIAS,
     check_dtype,
+    load_tokenizer,
+    peft_quietly,
     prepare_model_dir,
     require_local,
     resolve_source,
+    shared_base,
 )
 from mafl_graph.local.prefix_cache import PrefixCache
 
@@ -82,16 +85,15 @@ class LocalEngine:
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, *, dtype: str = "float32") -> LocalEngine:
-        """Load a local Hugging Face model directory (never the hub) in ``dtype``."""
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        """Serve a local Hugging Face model directory (never the hub) in ``dtype``.
 
+        The weights are the process-wide :func:`~mafl_graph.local.loading.shared_base`, which
+        the local tuner trains LoRA adapters over as well; adapters loaded here go into this
+        engine's own view of it.
+        """
         model_dir = Path(model_dir)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=getattr(torch, check_dtype(dtype)), local_files_only=True
-        )
-        return cls(tokenizer, model, name=model_dir.name)
+        model = shared_base(model_dir, check_dtype(dtype))
+        return cls(load_tokenizer(model_dir), model, name=model_dir.name)
 
     @property
     def context_window(self) -> int:
@@ -211,7 +213,7 @@ class LocalEngine:
 
         from mafl_graph.local.mixed_lora import use_fused_mixed_batches
 
-        with self._model_lock:
+        with self._model_lock, peft_quietly():
             if directory not in self._adapters:
                 name = f"adapter{len(self._adapters)}"
                 if self._peft is None:
@@ -247,7 +249,9 @@ class LocalEngine:
             **{self._cache_kwarg: cache if cache is not None else GrowingCache()},
             **extra,
         )
-        return out.logits[:, -1, :], out.get("cache", out.get("past_key_values"))
+        # Only the name this version returns is read: the old one warns when read.
+        cache_name = "cache" if "cache" in out else "past_key_values"
+        return out.logits[:, -1, :], out.get(cache_name)
 
     def _decode(self, ids: list[int]) -> str:
         with self._tokenizer_lock:

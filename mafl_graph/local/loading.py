@@ -12,11 +12,18 @@ torch and transformers are imported inside the functions that need them, so impo
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import ctypes
+import gc
 import hashlib
 import importlib.util
 import os
 import shutil
 import tempfile
+import threading
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +123,11 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {"gguf_file": gguf.name, "local_files_only": True}
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
-    model: Any = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
+    with quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, dtype=torch.float32, **kwargs
+        )
     # The weights are plain nn.Linear now, but the GGUF "quantizer" stays attached and makes
     # save_pretrained (and Trainer) refuse the model: detach it.
     model.hf_quantizer = None
@@ -125,6 +135,101 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
         del model.config.quantization_config
     model.to(torch.bfloat16).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Hide transformers' "Loading weights" bars and info chatter while loading; restore after.
+
+    A load is a fraction of a second from the cache: its bar only breaks up the progress bars
+    of the run around it. Errors still show.
+    """
+    from transformers.utils import logging
+
+    bars = logging.is_progress_bar_enabled()
+    verbosity = logging.get_verbosity()
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def load_tokenizer(model_dir: str | Path) -> Any:
+    """The tokenizer of a local model directory (never the hub), loaded quietly."""
+    from transformers import AutoTokenizer
+
+    with quiet_transformers():
+        return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+
+
+def load_weights(model_dir: str | Path, dtype: str) -> Any:
+    """A causal LM from a local model directory (never the hub) in ``dtype``, loaded quietly:
+    its own copy of the weights. Most callers want :func:`shared_base` instead."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with quiet_transformers():
+        return AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=getattr(torch, check_dtype(dtype)), local_files_only=True
+        )
+
+
+_bases: dict[tuple[Path, str], Any] = {}
+_bases_lock = threading.Lock()
+
+
+def shared_base(model_dir: str | Path, dtype: str) -> Any:
+    """A view of the process-wide base model of ``model_dir`` in ``dtype``: weights loaded once.
+
+    Each call returns a new module tree over the same weight tensors (:func:`share_weights`), so
+    the serving engine and every LoRA run hold one copy of the base between them, and PEFT's
+    injection of LoRA layers into one view leaves the base and the other views untouched. The
+    weights must stay as loaded: full fine-tuning takes :func:`load_weights` instead.
+    """
+    key = (Path(model_dir).expanduser().resolve(), check_dtype(dtype))
+    with _bases_lock:
+        if key not in _bases:
+            base = load_weights(key[0], dtype)
+            base.requires_grad_(False)  # no view trains a base weight; LoRA layers are new
+            _bases[key] = base.eval()
+        return share_weights(_bases[key])
+
+
+def share_weights(model: Any) -> Any:
+    """A copy of ``model``'s modules and config whose parameters and buffers *are* ``model``'s.
+
+    ``deepcopy`` with every tensor pre-entered in its memo copies the structure (a few MB) and
+    keeps each tensor, tied ones included, as the same object.
+    """
+    memo: dict[int, Any] = {id(t): t for t in model.parameters()}
+    memo.update({id(t): t for t in model.buffers()})
+    return copy.deepcopy(model, memo)
+
+
+@contextlib.contextmanager
+def peft_quietly() -> Iterator[None]:
+    """Around PEFT's wrapping of a model: hide the FutureWarning it triggers in transformers.
+
+    PEFT reads ``model.is_gradient_checkpointing``, which transformers 5 deprecates in favour
+    of ``is_activation_checkpointing``; the read is PEFT's, so only that message is filtered.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning
+        )
+        yield
+
+
+def release_memory() -> None:
+    """Collect what a finished run left (PEFT models hold reference cycles) and hand glibc's
+    free heap back to the system, so the process's RSS falls back between runs."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to hand back
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 LOCAL_PACKAGES = ("torch", "transformers", "peft")
