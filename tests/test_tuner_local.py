@@ -227,3 +227,44 @@ def test_local_models_without_the_local_extra_say_how_to_install_it(tmp_path):
         assert done.returncode == 1, (call, done.stderr)
         assert done.stderr.splitlines()[-1] == f"ImportError: {message}", (call, done.stderr)
         assert "During handling" not in done.stderr and "direct cause" not in done.stderr
+
+
+@pytest.mark.integration
+def test_agents_tune_on_one_clean_base_loaded_once_with_a_progress_bar(
+    engine, tmp_path, monkeypatch, capfd
+):
+    """Two datasets in one process: the base weights are read from disk once, the second run
+    starts from the clean base (the same data gives the same losses), a bar shows the steps and
+    the loss, and neither transformers' loading bars nor a deprecation warning appear."""
+    import warnings
+
+    import transformers
+
+    from mafl_graph.local import loading
+
+    monkeypatch.setattr(loading, "_bases", {})  # as in a fresh process
+    loads = []
+    original = transformers.AutoModelForCausalLM.from_pretrained
+
+    def counted(*args, **kwargs):
+        loads.append(args[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", counted)
+    config = dataclasses_replace(FAST, max_steps=2, lora_r=4, lora_alpha=8)
+    tuner = LocalTuner(tmp_path, config=config)
+    capfd.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        first = tuner.tune(0, "generator", RECORDS, "smollm2")
+        second = tuner.tune(1, "critic", RECORDS, "smollm2")
+    err = capfd.readouterr().err
+    assert len(loads) == 1
+    losses = [
+        json.loads((Path(t.model) / "metrics.json").read_text())["losses"] for t in (first, second)
+    ]
+    assert losses[0] == losses[1] and len(losses[0]) == 2
+    assert "tuning agent0-generator" in err and "tuning agent1-critic" in err
+    assert "2/2" in err and "loss=" in err
+    assert "Loading weights" not in err

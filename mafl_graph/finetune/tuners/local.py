@@ -10,6 +10,11 @@ the config and
 the measured seconds per step and peak RSS next to them, so ``LocalChatModel(adapter=dir)``
 serves them on the shared base.
 
+The base weights are loaded once per process and shared with the serving engine
+(:func:`~mafl_graph.local.loading.shared_base`): each run injects its LoRA into a fresh view of
+them, so the next agent starts from the clean base, and what a run allocated is released when
+it ends. Full fine-tuning changes every weight and loads a copy of its own.
+
 A lean loop rather than TRL's SFTTrainer: it is a few dozen lines, adds no dependency, and the
 benchmark (``benchmarks/lora_step.py``) holds it against a bare PEFT loop.
 """
@@ -31,7 +36,17 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from mafl_graph.finetune.tuners.base import Dataset, JobLedger, TunedModel, TunerBackend
 from mafl_graph.finetune.tuners.options import TuneOptions
-from mafl_graph.local.loading import SMOLLM2_ALIAS, check_dtype, prepare_model_dir, require_local
+from mafl_graph.local.loading import (
+    SMOLLM2_ALIAS,
+    check_dtype,
+    load_tokenizer,
+    load_weights,
+    peft_quietly,
+    prepare_model_dir,
+    release_memory,
+    require_local,
+    shared_base,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -96,12 +111,15 @@ class LocalTuner(TunerBackend):
         config: LocalTuneConfig | None = None,
         retry: bool = False,
         base: str | None = None,
+        progress: bool = True,
     ) -> None:
         require_local()
         super().__init__(
             run_dir, iteration=iteration, config=config, retry=retry, base=base or model
         )
         self.model_path = model
+        self.progress = progress
+        """A tqdm bar per run: steps, rate, ETA and the last loss."""
         check_dtype(self.config.dtype)
 
     @classmethod
@@ -188,21 +206,29 @@ class LocalTuner(TunerBackend):
 
         torch.manual_seed(cfg.seed)
         tokenizer, model = self.load(start, cfg)
-        encoded = [e for c in conversations if (e := encode(tokenizer, c, cfg.max_length))]
-        if not encoded:
-            raise ValueError(
-                f"No trainable example for {out.name}: every conversation lacks a weight-1 "
-                "assistant turn within max_length tokens."
-            )
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(encoded) / cfg.batch_size))
-        batches = (collate(b, pad) for b in batch_stream(encoded, cfg.batch_size, cfg.seed))
-        losses, seconds = fit(model, batches, steps, cfg)
         staging = out.with_name(out.name + ".staging")
-        shutil.rmtree(staging, ignore_errors=True)
-        model.save_pretrained(staging)
-        if cfg.full:
-            tokenizer.save_pretrained(staging)
+        try:
+            encoded = [e for c in conversations if (e := encode(tokenizer, c, cfg.max_length))]
+            if not encoded:
+                raise ValueError(
+                    f"No trainable example for {out.name}: every conversation lacks a weight-1 "
+                    "assistant turn within max_length tokens."
+                )
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+            steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(encoded) / cfg.batch_size))
+            batches = (collate(b, pad) for b in batch_stream(encoded, cfg.batch_size, cfg.seed))
+            losses, seconds = fit(
+                model, batches, steps, cfg, desc=f"tuning {out.name}", progress=self.progress
+            )
+            shutil.rmtree(staging, ignore_errors=True)
+            model.save_pretrained(staging)
+            if cfg.full:
+                tokenizer.save_pretrained(staging)
+        finally:
+            # The LoRA layers, gradients and optimizer state die with this view of the base
+            # (the PEFT model holds reference cycles): collect them before the next run.
+            del model
+            release_memory()
         metrics = {
             "steps": steps,
             "examples": len(encoded),
@@ -228,25 +254,26 @@ class LocalTuner(TunerBackend):
 
     def load(self, start: str, cfg: LocalTuneConfig) -> tuple[Any, Any]:
         """Tokenizer and trainable model: a fresh LoRA on the base, or ``start``'s weights."""
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         start_dir = Path(start).expanduser()
         is_adapter = _is_adapter(start)
         if cfg.full and is_adapter:
             raise ValueError(f"{start} is a LoRA adapter; full fine-tuning needs a model.")
         base_dir = prepare_model_dir(self._base_of(start))
-        tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(
-            base_dir, dtype=getattr(torch, cfg.dtype), local_files_only=True
-        )
+        tokenizer = load_tokenizer(base_dir)
+        # Every weight trains in full fine-tuning: a copy of its own, never the shared base.
+        model = load_weights(base_dir, cfg.dtype) if cfg.full else shared_base(base_dir, cfg.dtype)
         model.config.use_cache = False
+        # Each decoder layer's activations (its attention weights above all: batch x heads x
+        # length² floats) are recomputed in the backward pass instead of kept for all 30
+        # layers at once. The recomputation is deterministic: the gradients are the same.
+        model.activation_checkpointing_enable()
         if cfg.full:
             return tokenizer, model
         from peft import LoraConfig, PeftModel, get_peft_model
 
         if is_adapter:  # the paper keeps tuning the tuned model: the same adapter, trainable
-            return tokenizer, PeftModel.from_pretrained(model, start_dir, is_trainable=True)
+            with peft_quietly():
+                return tokenizer, PeftModel.from_pretrained(model, start_dir, is_trainable=True)
         lora = LoraConfig(
             r=cfg.lora_r,
             lora_alpha=cfg.lora_alpha,
@@ -256,7 +283,8 @@ class LocalTuner(TunerBackend):
             else list(cfg.target_modules),
             task_type="CAUSAL_LM",
         )
-        return tokenizer, get_peft_model(model, lora)
+        with peft_quietly():
+            return tokenizer, get_peft_model(model, lora)
 
     def _base_of(self, start: str) -> str:
         """The model under the adapter: ours when continuing an adapter, else ``start`` itself
@@ -355,10 +383,20 @@ def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def fit(
-    model: Any, batches: Iterator[dict[str, Any]], steps: int, cfg: LocalTuneConfig
+    model: Any,
+    batches: Iterator[dict[str, Any]],
+    steps: int,
+    cfg: LocalTuneConfig,
+    *,
+    desc: str = "tuning",
+    progress: bool = False,
 ) -> tuple[list[float], list[float]]:
-    """AdamW over the trainable weights for ``steps`` steps; (loss, seconds) of each step."""
+    """AdamW over the trainable weights for ``steps`` steps; (loss, seconds) of each step.
+
+    ``progress``: a tqdm bar named ``desc`` counts the steps, with the last loss beside it.
+    """
     import torch
+    from tqdm.auto import tqdm
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -373,23 +411,46 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     model.train()
     losses, seconds = [], []
-    for _ in range(steps):
-        started = time.perf_counter()
-        loss = train_step(model, optimizer, next(batches))
-        scheduler.step()
-        seconds.append(time.perf_counter() - started)
-        losses.append(loss)
+    with tqdm(total=steps, desc=desc, unit="step", disable=not progress, leave=True) as bar:
+        for _ in range(steps):
+            started = time.perf_counter()
+            loss = train_step(model, optimizer, next(batches))
+            scheduler.step()
+            seconds.append(time.perf_counter() - started)
+            losses.append(loss)
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            bar.update()
     model.eval()
     return losses, seconds
 
 
 def train_step(model: Any, optimizer: Any, batch: dict[str, Any]) -> float:
     """One optimizer step on one batch (mean loss over its trained tokens)."""
-    loss = model(**batch).loss
+    loss = causal_lm_loss(model, batch)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return float(loss.detach())
+
+
+def causal_lm_loss(model: Any, batch: dict[str, Any]) -> torch.Tensor:
+    """The mean next-token cross-entropy over the trained tokens of ``batch``.
+
+    The loss transformers computes with ``labels``, with the vocabulary projection applied
+    only at the positions whose next token is trained: the full logits (batch x length x
+    49k vocabulary, float32, kept for the backward pass with their softmax and gradient) are
+    most of a step's memory, while a debate's trained replies are a small part of its tokens.
+    """
+    import torch
+
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = lm.base_model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    ).last_hidden_state
+    targets = torch.nn.functional.pad(batch["labels"], (0, 1), value=IGNORE)[:, 1:]
+    trained = targets != IGNORE
+    logits = lm.get_output_embeddings()(hidden[trained]).float()
+    return torch.nn.functional.cross_entropy(logits, targets[trained])
 
 
 def peak_rss_mb() -> float:
