@@ -172,6 +172,7 @@ def load_weights(model_dir: str | Path, dtype: str) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
+    return_freed_memory()
     with quiet_transformers():
         return AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=getattr(torch, check_dtype(dtype)), local_files_only=True
@@ -222,6 +223,32 @@ def peft_quietly() -> Iterator[None]:
             "ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning
         )
         yield
+
+
+MMAP_THRESHOLD = 4 * 2**20
+"""Allocations from this size up get pages of their own, returned to the system when freed."""
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h
+
+
+def return_freed_memory() -> None:
+    """Make glibc give every large freed block back to the system at once (once per process).
+
+    By default glibc raises its mmap threshold to the largest block freed so far (up to
+    32 MB), so the activations of a training step or a prefill, tens of MB each, come from the
+    heap afterwards and stay resident after they are freed, scattered among live blocks: the
+    process's RSS grows to several times what it holds (a LoRA step on 8 rows of 290 tokens
+    with the threshold fixed: 1.4 GB peak; left dynamic: 3.5 GB). Blocks under the threshold
+    (a decode step's per-layer tensors) stay on the heap, where reuse is cheap.
+    """
+    global _allocator_set
+    if _allocator_set:
+        return
+    _allocator_set = True
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: its own policy stands
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
+_allocator_set = False
 
 
 def release_memory() -> None:
