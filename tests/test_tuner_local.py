@@ -120,11 +120,10 @@ def _target_logprob(model, tokenizer) -> float:
 
 @pytest.mark.integration
 def test_lora_training_moves_the_model_toward_its_data(engine, tmp_path):
-    import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     from mafl_graph.local import LocalChatModel, prepare_model_dir
+    from mafl_graph.local.loading import load_weights, peft_quietly
 
     dataset = tmp_path / "agent0-generator.openai.jsonl"
     dataset.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
@@ -137,9 +136,11 @@ def test_lora_training_moves_the_model_toward_its_data(engine, tmp_path):
     assert metrics["steps"] == 8 and metrics["seconds_per_step"] > 0
     assert metrics["peak_rss_mb"] > 0 and metrics["loss_last"] < metrics["loss_first"] / 2
 
-    base = AutoModelForCausalLM.from_pretrained(prepare_model_dir("smollm2"), dtype=torch.float32)
+    base = load_weights(prepare_model_dir("smollm2"), "float32")  # its own copy, untouched
     before = _target_logprob(base, engine.tokenizer)
-    after = _target_logprob(PeftModel.from_pretrained(base, out), engine.tokenizer)
+    with peft_quietly():
+        tuned_base = PeftModel.from_pretrained(base, out)
+    after = _target_logprob(tuned_base, engine.tokenizer)
     assert after > before + 10  # the target reply became e^10 times likelier, at least
 
     greedy = {"temperature": 0.0, "max_new_tokens": 16}
