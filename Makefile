@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/answer_save_lag.py
 	$(PY) benchmarks/kill_duplicates.py
 	$(PY) benchmarks/cli_startup.py
+	$(PY) benchmarks/demo_memory.py
 
 # The manual as a site (mkdocs-material, API reference by mkdocstrings), into site/.
 docs: $(STAMP)
