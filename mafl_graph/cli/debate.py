@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mafl_graph.cli.app import app, console, error, with_options
 from mafl_graph.cli.render import summary_table
 from mafl_graph.config import DebateConfig
+
+if TYPE_CHECKING:
+    from mafl_graph.debate import DebateResult
 
 
 @app.command()
@@ -40,7 +44,7 @@ def debate(
     report_failures(evaluation.results)
 
 
-def report_failures(results: list) -> None:  # type: ignore[type-arg]
+def report_failures(results: Sequence[DebateResult]) -> None:
     """Each distinct reason debates failed, once; exit 1 if every debate failed.
 
     A run in which nothing succeeded (a wrong key, a model the provider does not serve) is a
