@@ -58,7 +58,7 @@ def demo(
 ) -> None:
     """The whole loop on the embedded SmolLM2-135M, offline: debate, tune each agent, evaluate.
 
-    One iteration on a small problem set (about 11 minutes on 2 CPU cores); prints the table.
+    One iteration on a small problem set (about 4 minutes on 2 CPU cores); prints the table.
     ``mafl compare`` runs every baseline at full size.
     """
     run_loop(DEMO, run_dir, wide=wide)
