@@ -95,6 +95,19 @@ class EchoTask:
         return is_equivalent(answer, reference)
 
 
+class SplitTask(EchoTask):
+    """Distinct train and test questions; every answer is 7 (for loops that must not see a
+    test question in training)."""
+
+    name = "split-echo"
+
+    def load(self, split: str, n: int | None = None) -> list[Problem]:
+        return [
+            Problem(id=f"{split}-{i}", question=f"{split} question {i}", answer="7")
+            for i in range(n or 4)
+        ]
+
+
 class CallRecorder(BaseCallbackHandler):
     """Keeps the name, tags and metadata of every chat model run, like a local tracer."""
 

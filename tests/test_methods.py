@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from fakes import EchoTask, ScriptedModel
+from fakes import ScriptedModel, SplitTask
 
 from mafl_graph.compare import BASELINES, compare_methods
 from mafl_graph.finetune.datasets import AgentDataset, DatasetStats
@@ -29,7 +29,6 @@ from mafl_graph.methods import (
 from mafl_graph.report import write_report
 from mafl_graph.rundir import RunLayout, read_settings
 from mafl_graph.society import Society
-from mafl_graph.tasks.base import Problem
 from mafl_graph.traces import read_traces_sqlite
 
 # Fakes -------------------------------------------------------------------------------------
@@ -60,18 +59,6 @@ class RecordingTuner(TunerBackend):
     @classmethod
     def _config_from_options(cls, options: Any, seed: int) -> _Config:
         return _Config()
-
-
-class SplitTask(EchoTask):
-    """Distinct train and test questions; every answer is 7."""
-
-    name = "split-echo"
-
-    def load(self, split: str, n: int | None = None) -> list[Problem]:
-        return [
-            Problem(id=f"{split}-{i}", question=f"{split} question {i}", answer="7")
-            for i in range(n or 4)
-        ]
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from fakes import EchoTask, ScriptedModel
+from fakes import ScriptedModel, SplitTask
 from langchain_core.messages import BaseMessage
 
 from mafl_graph.config import LoopConfig
@@ -23,7 +23,6 @@ from mafl_graph.finetune.tuners.local import ADAPTER_METRICS
 from mafl_graph.loop import MultiagentFinetuning, TunerFactory
 from mafl_graph.rundir import RunLayout
 from mafl_graph.society import Society
-from mafl_graph.tasks.base import Problem
 from mafl_graph.tracking import (
     Tracker,
     make_trackers,
@@ -66,16 +65,6 @@ class LossTuner(TunerBackend):
     @classmethod
     def _config_from_options(cls, options: Any, seed: int) -> _Config:
         return _Config()
-
-
-class SplitTask(EchoTask):
-    name = "split-echo"
-
-    def load(self, split: str, n: int | None = None) -> list[Problem]:
-        return [
-            Problem(id=f"{split}-{i}", question=f"{split} question {i}", answer="7")
-            for i in range(n or 4)
-        ]
 
 
 @pytest.fixture
