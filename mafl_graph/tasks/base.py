@@ -6,19 +6,25 @@ graph, the datasets and the tuners stay ignorant of arithmetic, GSM8K or MATH.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 from mafl_graph.grading import Verdict
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One question with its reference answer (None where the task has no ground truth)."""
+    """One question with its reference answer (None where the task has no ground truth).
+
+    ``metadata`` is what the task knows of the problem that the agents are never shown (a mixed
+    corpus's hidden domain, a generator's module); prompts are built from ``question`` alone.
+    """
 
     id: str
     question: str
     answer: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
 @runtime_checkable
@@ -49,6 +55,22 @@ class Task(Protocol):
         Verdict``, which can say UNDECIDED; :func:`grade_answer` uses it where it exists.
         """
         ...
+
+
+def task_for(task: Task, problem: Problem) -> Task:
+    """The task that asks and grades ``problem``.
+
+    A task whose prompt, answer format or equivalence depends on the problem (a mixed corpus
+    hands each problem to its source task; code is equivalent when it passes the same tests of
+    *its* problem) defines ``for_problem(problem) -> Task``; the debate, the datasets and the
+    evaluation ask through this function, with a problem rebuilt from its id, question and
+    reference, so ``for_problem`` must work from those three.
+    """
+    bind = getattr(task, "for_problem", None)
+    if callable(bind):
+        bound: Task = bind(problem)
+        return bound
+    return task
 
 
 def grade_answer(task: Task, answer: str | None, reference: str) -> Verdict:
