@@ -14,6 +14,7 @@ stays fast.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,44 +52,57 @@ which the embedded SmolLM2-135M scores within 20–60% (docs/results.md), so tun
 help, with enough distinct problems for the default 100 train and 100 test. ``mafl debate``
 uses :class:`~mafl_graph.tasks.Arithmetic`'s own, harder defaults."""
 
+LOOP_TASK_DEFAULTS: dict[str, Mapping[str, Any]] = {"arithmetic": LOOP_ARITHMETIC}
+"""The loop's defaults per task name, where they differ from the task's own."""
+
 
 @dataclass(frozen=True)
 class TaskOptions:
-    """Which task, and its options (each applies to the tasks its help names)."""
+    """Which task, and its options: each goes to the task whose constructor takes it."""
 
-    task: str = option("arithmetic", "arithmetic, gsm8k or math")
+    task: str = option(
+        "arithmetic", "arithmetic, gsm8k, math, dm-math, humaneval, mixed, or a registered task"
+    )
     terms: int | None = option(None, "arithmetic: numbers per expression")
     low: int | None = option(None, "arithmetic: smallest number")
     high: int | None = option(None, "arithmetic: largest number")
     operators: str | None = option(None, "arithmetic: operator pattern, e.g. '+*+-*'")
-    data_dir: Path | None = option(None, "gsm8k/math: local data directory")
+    module: str | None = option(None, "dm-math: the generator's module, e.g. algebra__linear_1d")
+    difficulty: str | None = option(
+        None, "dm-math: train-easy, train-medium, train-hard or interpolate"
+    )
+    tasks: str | None = option(
+        None, "mixed: its domains, e.g. 'arithmetic,algebra=dm-math:algebra__linear_1d,humaneval'"
+    )
+    weights: str | None = option(None, "mixed: each domain's share, e.g. '2,1,1'")
+    data_dir: Path | None = option(None, "gsm8k/math/mixed: local data directory")
 
     def options(
         self, *, seed: int | None = None, defaults: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
         """The task's constructor options, as a manifest records them.
 
-        ``seed`` seeds generated problems (arithmetic); ``defaults`` fill arithmetic options
-        left unset. Arithmetic options given for another task are refused.
+        ``seed`` goes to tasks that generate or sample problems (those taking ``seed``);
+        ``defaults`` fill options left unset. An option the task does not take is refused.
         """
+        from mafl_graph.tasks import task_class
+
+        cls = task_class(self.task)
+        takes = set(inspect.signature(cls).parameters)
         chosen = {
-            k: v
-            for k, v in {
-                "terms": self.terms,
-                "low": self.low,
-                "high": self.high,
-                "operators": self.operators,
-            }.items()
-            if v is not None
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "task" and getattr(self, f.name) is not None
         }
-        if self.task.lower() == "arithmetic":
-            chosen = {**dict(defaults or {}), **chosen}
-            if seed is not None:
-                chosen["seed"] = seed
-        elif chosen:
-            raise ValueError(f"{sorted(chosen)} only apply to --task arithmetic.")
-        if self.data_dir is not None:
-            chosen["data_dir"] = str(self.data_dir)
+        if refused := sorted(set(chosen) - takes):
+            flags = ", ".join(f"--{name.replace('_', '-')}" for name in refused)
+            accepted = ", ".join(sorted(takes)) or "no options"
+            raise ValueError(f"{flags} do not apply to --task {self.task} (it takes {accepted}).")
+        chosen = {**{k: v for k, v in (defaults or {}).items() if k in takes}, **chosen}
+        if seed is not None and "seed" in takes:
+            chosen["seed"] = seed
+        if "data_dir" in chosen:
+            chosen["data_dir"] = str(chosen["data_dir"])
         return chosen
 
     def build(
@@ -103,12 +117,11 @@ class TaskOptions:
     @classmethod
     def from_settings(cls, task: str, options: Mapping[str, Any]) -> TaskOptions:
         """The options a manifest recorded (``task`` and ``task_options``)."""
-        data_dir = options.get("data_dir")
-        return cls(
-            task=task,
-            **{k: options.get(k) for k in ("terms", "low", "high", "operators")},
-            data_dir=Path(data_dir) if data_dir else None,
-        )
+        own = {f.name for f in dataclasses.fields(cls)} - {"task"}
+        chosen = {k: v for k, v in options.items() if k in own and v is not None}
+        if "data_dir" in chosen:
+            chosen["data_dir"] = Path(chosen["data_dir"])
+        return cls(task=task, **chosen)
 
 
 @dataclass(frozen=True)
@@ -341,7 +354,9 @@ class LoopConfig:
         provider, _, name = self.model.partition(":")
         backend = tuner_for_provider(provider)
         backend_class = tuner_class(backend)
-        task, task_options = self.task_options.build(seed=self.seed, defaults=LOOP_ARITHMETIC)
+        task, task_options = self.task_options.build(
+            seed=self.seed, defaults=LOOP_TASK_DEFAULTS.get(self.task_options.task.lower())
+        )
         # Where the backend serves tuned models from a service of its own (Vertex AI), the
         # base model is served by it too, so every iteration is one service.
         # The tuner first: its options are checked (e.g. Vertex needs a project) before any

@@ -16,7 +16,7 @@ from mafl_graph.debate.graph import create_debate_graph
 from mafl_graph.debate.run import DebateResult, run_debates
 from mafl_graph.grading import Verdict
 from mafl_graph.society import Society
-from mafl_graph.tasks.base import Problem, Task, grade_answer
+from mafl_graph.tasks.base import Problem, Task, grade_answer, task_for
 
 if TYPE_CHECKING:
     from mafl_graph.config import ClientOptions, TaskOptions
@@ -96,12 +96,15 @@ def summarize_debates(results: Sequence[DebateResult], task: Task) -> DebateSumm
     rounds = max((r["round"] for res in results for r in res.responses), default=0)
     round_accuracy = []
     undecided = sum(res.undecided for res in results)
+    bound = [
+        task_for(task, Problem(res.problem_id, res.question, res.reference)) for res in results
+    ]
     for round_ in range(1, rounds + 1):
         verdicts = [
-            grade_answer(task, r["answer"], res.reference)
+            grade_answer(own, r["answer"], res.reference)
             if res.reference is not None
             else Verdict.DIFFERENT
-            for res in results
+            for res, own in zip(results, bound, strict=True)
             for r in res.responses
             if r["round"] == round_
         ]

@@ -195,7 +195,7 @@ def test_get_task() -> None:
     assert isinstance(task, Arithmetic) and task.terms == 3
     assert isinstance(task, Task)
     assert isinstance(get_task("GSM8K"), GSM8K) and isinstance(get_task("math"), MATH)
-    with pytest.raises(ValueError, match="arithmetic, gsm8k, math"):
+    with pytest.raises(ValueError, match="arithmetic, dm-math, gsm8k, humaneval, math, mixed"):
         get_task("mmlu")
 
 

@@ -107,7 +107,7 @@ def create_debate_graph(
         task,
         rounds=rounds,
         summarize=summarize,
-        prompts=prompts or getattr(task, "prompts", None) or DebatePrompts(),
+        prompts=prompts,
         seed=seed,
         output_key=output_key,
     )

@@ -38,7 +38,7 @@ from mafl_graph.grading import Verdict, majority_vote
 from mafl_graph.models import CONTINUED_KEY, EmptyReplyError, model_label
 from mafl_graph.redact import redact, redact_value, scrub_exception
 from mafl_graph.society import Society
-from mafl_graph.tasks.base import Problem, Task, grade_answer
+from mafl_graph.tasks.base import Problem, Task, grade_answer, task_for
 
 try:  # reads the channels from inside a node reached by Send (LangGraph's own edges use it)
     from langgraph.pregel._read import ChannelRead
@@ -60,6 +60,8 @@ class _Call:
     agent: int
     round: int
     problem_id: str
+    task: Task | None = None
+    """The task that reads the answer out of the reply (None for a summary: it states none)."""
     follows: int | None = None
 
     @property
@@ -77,7 +79,7 @@ class DebateNodes:
         *,
         rounds: int,
         summarize: bool,
-        prompts: DebatePrompts,
+        prompts: DebatePrompts | None,
         seed: int,
         output_key: str | None = None,
     ) -> None:
@@ -86,7 +88,7 @@ class DebateNodes:
         self.task = task
         self.rounds = rounds
         self.summarize_answers = summarize
-        self.prompts = prompts
+        self.explicit_prompts = prompts
         self.seed = seed
         self.generate = self._model_node("generate", self._plan_generate, _append_response)
         self.summarize = self._model_node("summarize", self._plan_summary, _forward_summary)
@@ -119,12 +121,27 @@ class DebateNodes:
             return Send(node, AgentTurn(agent=agent, round=round_, state=state))
         return Send(node, AgentTurn(agent=agent, round=round_))
 
+    # The task and wording of each problem ------------------------------------------------
+
+    def _task(self, state: DebateState) -> Task:
+        """The task that asks and grades this debate's problem (a mixed corpus's source task)."""
+        problem = Problem(state["problem_id"], state["question"], state.get("reference"))
+        return task_for(self.task, problem)
+
+    def _prompts(self, state: DebateState) -> DebatePrompts:
+        """The graph's prompts if it was given some, else the problem's task's, else the
+        paper's: code asks for a function where maths asks for a boxed answer."""
+        if self.explicit_prompts is not None:
+            return self.explicit_prompts
+        return getattr(self._task(state), "prompts", None) or DebatePrompts()
+
     # Planning the model calls ----------------------------------------------------------
 
     def _plan_generate(self, turn: AgentTurn, state: DebateState) -> _Call:
         agent = turn["agent"]
         problem = Problem(state["problem_id"], state["question"], state.get("reference"))
-        prompt = self.task.question_prompt(problem)
+        task = task_for(self.task, problem)
+        prompt = task.question_prompt(problem)
         return _Call(
             model=self.society.agents[agent].generator,
             history=[],
@@ -133,13 +150,13 @@ class DebateNodes:
             agent=agent,
             round=1,
             problem_id=state["problem_id"],
+            task=task,
         )
 
     def _plan_summary(self, turn: AgentTurn, state: DebateState) -> _Call:
         others = self._others(turn, state)
-        prompt = self.prompts.summarize.format_messages(
-            answers=format_answers(self.prompts, others)
-        )
+        prompts = self._prompts(state)
+        prompt = prompts.summarize.format_messages(answers=format_answers(prompts, others))
         return _Call(
             model=self.society.summarizer,
             history=[],
@@ -154,11 +171,12 @@ class DebateNodes:
         agent, round_ = turn["agent"], turn["round"]
         own = next(r for r in latest_responses(state, round_ - 1) if r["agent"] == agent)
         summary = self._summary(turn, state)
+        prompts = self._prompts(state)
         if summary is not None:
-            prompt = self.prompts.debate_with_summary.format_messages(summary=summary)
+            prompt = prompts.debate_with_summary.format_messages(summary=summary)
         else:
-            answers = format_answers(self.prompts, self._others(turn, state))
-            prompt = self.prompts.debate.format_messages(answers=answers)
+            answers = format_answers(prompts, self._others(turn, state))
+            prompt = prompts.debate.format_messages(answers=answers)
         return _Call(
             model=self.society.agents[agent].critic,
             history=[*own["messages"], ChatTurn(role="assistant", content=own["text"])],
@@ -167,6 +185,7 @@ class DebateNodes:
             agent=agent,
             round=round_,
             problem_id=state["problem_id"],
+            task=self._task(state),
             follows=round_ - 1,
         )
 
@@ -266,7 +285,7 @@ class DebateNodes:
             # Nothing to grade and nothing to debate: the others would be shown a blank answer.
             # Raised (and retried by the node's policy) rather than recorded as a wrong answer.
             raise EmptyReplyError(f"{_where(call)} returned an empty reply")
-        answer = None if call.role == "summarizer" else self.task.extract_answer(text)
+        answer = None if call.task is None else call.task.extract_answer(text)
         response = ResponseDelta(
             agent=call.agent,
             role=call.role,
@@ -292,16 +311,17 @@ class DebateNodes:
         time; ``undecided`` counts the grades (clustering included) that ran out of time.
         """
         final = latest_responses(state, self.rounds)
+        task = self._task(state)
         vote = majority_vote(
             [r["answer"] for r in final],
-            equivalent=lambda answer, other: grade_answer(self.task, answer, other),
+            equivalent=lambda answer, other: grade_answer(task, answer, other),
             seed=f"{self.seed}:{state['problem_id']}",
         )
         reference = state.get("reference")
         correct = None
         undecided = vote.undecided
         if reference is not None:
-            verdict = grade_answer(self.task, vote.answer, reference)
+            verdict = grade_answer(task, vote.answer, reference)
             undecided += verdict is Verdict.UNDECIDED
             correct = None if verdict is Verdict.UNDECIDED else verdict is Verdict.EQUIVALENT
         verdict_keys: dict[str, Any] = {

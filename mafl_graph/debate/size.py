@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mafl_graph.tasks.base import Problem, Task
+from mafl_graph.tasks.base import Problem, Task, task_for
 
 WARN_ENV = "MAFL_CHECKPOINT_WARN_MB"
 DEFAULT_WARN_MB = 100.0
@@ -105,7 +105,8 @@ def check_size(shape: DebateShape, problems: Sequence[Problem]) -> SizeEstimate 
     if not problems or math.isinf(limit):
         return None
     longest = max(problems, key=lambda p: len(p.question))
-    estimate = estimate_debate_bytes(shape, len(shape.task.question_prompt(longest)))
+    prompt = task_for(shape.task, longest).question_prompt(longest)
+    estimate = estimate_debate_bytes(shape, len(prompt))
     if estimate.total <= limit:
         return None
     why = {

@@ -24,7 +24,7 @@ from typing import Any, Literal, NotRequired, TypedDict
 
 from mafl_graph.debate.state import Response
 from mafl_graph.grading import Verdict
-from mafl_graph.tasks.base import Task, grade_answer
+from mafl_graph.tasks.base import Problem, Task, grade_answer, task_for
 from mafl_graph.traces import DebateTrace
 
 TrainedRole = Literal["generator", "critic"]
@@ -228,7 +228,7 @@ def _generator(
         if first is None:
             continue
         candidates += 1
-        verdict = grade_answer(task, first["answer"], goal)
+        verdict = grade_answer(_bound(task, trace), first["answer"], goal)
         undecided += verdict is Verdict.UNDECIDED
         if verdict is Verdict.EQUIVALENT:
             examples.append(_example(first, trace, "generator", "D_G"))
@@ -262,10 +262,11 @@ def _critic(
         if final is None or first is None or final["role"] != "critic":
             continue
         candidates += 1
-        verdict = grade_answer(task, final["answer"], goal)
+        bound = _bound(task, trace)
+        verdict = grade_answer(bound, final["answer"], goal)
         if verdict is Verdict.EQUIVALENT:
             # Whether the first answer was right decides D_C+ or D_C-; undecided is neither.
-            verdict = grade_answer(task, first["answer"], goal)
+            verdict = grade_answer(bound, first["answer"], goal)
             if verdict is Verdict.EQUIVALENT:
                 right.append(_example(final, trace, "critic", "D_C+"))
             elif verdict is Verdict.DIFFERENT:
@@ -315,6 +316,10 @@ def _example(response: Response, trace: DebateTrace, role: TrainedRole, subset: 
         role=role,
         subset=subset,
     )
+
+
+def _bound(task: Task, trace: DebateTrace) -> Task:
+    return task_for(task, Problem(trace.problem_id, trace.question, trace.reference))
 
 
 def _target(trace: DebateTrace, target: Target) -> str | None:
