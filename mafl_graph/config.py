@@ -72,7 +72,7 @@ class TaskOptions:
         None, "dm-math: train-easy, train-medium, train-hard or interpolate"
     )
     tasks: str | None = option(
-        None, "mixed: its domains, e.g. 'arithmetic,algebra=dm-math:algebra__linear_1d,humaneval'"
+        None, "mixed: [domain=]task[:module],... e.g. 'arithmetic,alg=dm-math:algebra__linear_1d'"
     )
     weights: str | None = option(None, "mixed: each domain's share, e.g. '2,1,1'")
     data_dir: Path | None = option(None, "gsm8k/math/mixed: local data directory")
@@ -166,7 +166,7 @@ class DebateConfig:
     agents: int = option(3, "number of debating agents")
     rounds: int = option(2, "debate rounds (1 = independent answers)")
     n: int = option(20, "number of problems")
-    split: str = option("test", "train or test")
+    split: str = option("test", "train or test (mixed: also cross-domain)")
     summarize: bool = option(True, "summarize the other agents' answers")
     seed: int = option(0, "seed for sampling, problems and tie-breaks")
     temperature: float | None = option(None, "sampling temperature")
