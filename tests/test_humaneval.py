@@ -146,12 +146,14 @@ def test_two_correct_implementations_are_one_answer_in_the_vote() -> None:
     assert bound.grade(brute, canonical) is Verdict.EQUIVALENT
     assert bound.grade(wrong, wrong_too) is Verdict.EQUIVALENT  # the same tests pass
     assert bound.grade(wrong, canonical) is Verdict.DIFFERENT
-    assert bound.grade(broken, broken) is Verdict.DIFFERENT  # passes nothing: joins nothing
+    syntax_error = "def has_close_elements(numbers, threshold)\n    return True\n"
+    assert bound.grade(broken, syntax_error) is Verdict.EQUIVALENT  # both pass no test
     vote = majority_vote(
-        [wrong, brute, broken, canonical, broken],
+        [wrong, brute, broken, canonical, None],
         equivalent=lambda a, b: grade_answer(bound, a, b),
     )
     assert vote.answer == brute and vote.fraction == pytest.approx(2 / 5)
+    assert vote.clusters == [[0], [1, 3], [2]]
     assert grade_answer(bound, vote.answer, canonical) is Verdict.EQUIVALENT
 
 

@@ -9,9 +9,9 @@ Answers are code, and two answers are equal when they *behave* the same: each is
 sandbox (:mod:`mafl_graph.sandbox`) against its problem's ``check(candidate)``, with every
 ``assert`` rewritten to record pass or fail instead of stopping at the first failure. Answers
 with the same record are equivalent; an answer is correct when it passes every test, as the
-canonical solution does. An answer that passes no test (a syntax error, a crash, a timeout)
-is equivalent to nothing, not even to another broken one, so broken code never wins a vote
-by being broken the same way: like an unparseable maths answer, it joins no cluster.
+canonical solution does. Answers that pass no test at all (a syntax error, a crash, a
+timeout) are equivalent to each other: by the tests they are the same wrong answer, so two
+broken answers outvote one working one, as two agreeing wrong numbers would in maths.
 """
 
 from __future__ import annotations
@@ -186,16 +186,16 @@ class BoundHumanEval:
         return self.grade(answer, reference) is Verdict.EQUIVALENT
 
     def grade(self, answer: str, reference: str) -> Verdict:
-        """EQUIVALENT when both pass the same of this problem's tests, and at least one.
+        """EQUIVALENT when both pass the same of this problem's tests (see :func:`_passed`).
 
         Against the canonical solution (which passes them all) that is: correct when every
-        test passes.
+        test passes. Never UNDECIDED: code that runs out of time passes no test.
         """
+        if answer == reference:  # the same code does the same, and is not run twice
+            return Verdict.EQUIVALENT
         mine = check_outcomes(self.number, answer, **self._limits())
-        if "P" not in mine:
-            return Verdict.DIFFERENT
         theirs = check_outcomes(self.number, reference, **self._limits())
-        return Verdict.EQUIVALENT if mine == theirs else Verdict.DIFFERENT
+        return Verdict.EQUIVALENT if _passed(mine) == _passed(theirs) else Verdict.DIFFERENT
 
     def for_problem(self, problem: Problem) -> BoundHumanEval:
         """The task bound to ``problem`` instead."""
@@ -244,6 +244,12 @@ def check_outcomes(
         raise
     future.set_result(outcome)
     return outcome
+
+
+def _passed(outcomes: str) -> tuple[int, ...]:
+    """Which asserts passed, by their place in the run: what equivalence compares. Asserts a
+    run never reached (it stopped on an exception, or never started) did not pass."""
+    return tuple(i for i, letter in enumerate(outcomes) if letter == "P")
 
 
 _LOCK = threading.Lock()
