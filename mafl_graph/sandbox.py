@@ -270,8 +270,10 @@ def _exited_by(pid: int, deadline: float) -> bool:
             delay = min(delay * 2, 0.05)
         return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
     try:
-        readable, _, _ = select.select([pidfd], [], [], max(deadline - time.monotonic(), 0))
-        return bool(readable)
+        # poll, not select: a busy caller's descriptors can number past select's 1024.
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        return bool(poller.poll(max(deadline - time.monotonic(), 0) * 1000))
     finally:
         os.close(pidfd)
 

@@ -74,6 +74,11 @@ def test_the_debate_prompts_ask_for_code_not_a_box() -> None:
             "def f():\n    return 1\n",
         ),
         ("def f():\n    return 2", "def f():\n    return 2\n"),
+        ("Cut off:\n```python\ndef f():\n    return 3", "def f():\n    return 3\n"),
+        (
+            "```python\ndef f():\n    return 1\n```\nAgain:\n```python\ndef f():\n    ret",
+            "def f():\n    return 1\n",
+        ),
         ("   \n", None),
         ("", None),
     ],

@@ -44,7 +44,8 @@ TEST_SIZE = 64  # of 164: the other 100 are the train split
 MAX_CODE_CHARS = 100_000  # longer answers are not run: they are wrong
 _CACHE_SIZE = 4096  # (problem, code) outcomes kept in memory
 _ID = re.compile(r"humaneval-(\d{3})")
-_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)```", re.DOTALL)
+# A fenced block; the last may be left open by a reply cut off at its token limit.
+_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _FINAL = (
     "Give the complete updated function, with its signature and any imports it needs, in one "
     "```python fenced code block at the end of your response."
@@ -329,16 +330,20 @@ def _recording_test(number: int) -> str:
 
 
 def _extract(text: str) -> str | None:
-    blocks = [(lang.lower(), body) for lang, body in _FENCE.findall(text)]
-    code = [body for lang, body in blocks if lang in ("", "python", "py", "python3")]
-    candidates = code or [body for _, body in blocks]
-    defining = [body for body in candidates if re.search(r"^\s*def ", body, re.MULTILINE)]
-    if defining:
-        chosen = defining[-1]
-    elif candidates:
-        chosen = candidates[-1]
-    else:
-        chosen = text
+    """The last Python (or untagged, or any) block that defines a function, else the last
+    block, else ``text``; a block cut off by the token limit only where no closed one fits."""
+    blocks = [
+        (m.group(1).lower(), m.group(2), m.group(0).endswith("```")) for m in _FENCE.finditer(text)
+    ]
+    code = [block for block in blocks if block[0] in ("", "python", "py", "python3")]
+    candidates = code or blocks
+    defining = [block for block in candidates if re.search(r"^\s*def ", block[1], re.MULTILINE)]
+    chosen = text
+    for group in (defining, candidates):
+        closed = [body for _, body, ended in group if ended]
+        if closed or group:
+            chosen = closed[-1] if closed else group[-1][1]
+            break
     return chosen.strip("\n") + "\n" if chosen.strip() else None
 
 
