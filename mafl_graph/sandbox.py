@@ -21,17 +21,20 @@
 * **An audit hook** (:func:`sys.addaudithook`, PEP 578) installed before the program runs. It
   refuses, by raising :class:`PermissionError`: creating processes (``os.fork``, ``os.exec*``,
   ``os.posix_spawn``, ``os.system``, ``subprocess.Popen``, ``pty``) and signalling them
-  (``os.kill``, ``os.killpg``, ``signal.pthread_kill``); every ``socket.*`` event; ``ctypes``,
-  ``_posixsubprocess`` and subinterpreters (each a way around the hook); raising resource
-  limits; adding audit hooks; building code objects or unmarshalling outside the import system;
-  ``gc`` walks that could find the hook's state; changing directory; writing, creating,
-  deleting, renaming, truncating or changing the mode of anything outside its directory;
-  links; opening a directory (a directory descriptor would let relative paths escape the
-  checks); opening anything that is not a regular file but ``/dev/null``, ``/dev/zero``,
+  (``os.kill``, ``os.killpg``, ``signal.pthread_kill``; the unaudited ``pidfd_open`` and
+  ``pidfd_send_signal`` are deleted); every ``socket.*`` and ``syslog.*`` event; ``ctypes``,
+  ``_posixsubprocess``, subinterpreters and ``sys.remote_exec`` (each a way around the hook);
+  raising resource limits; adding audit hooks; building code objects or unmarshalling outside
+  the import system; ``gc`` walks that could find the hook's state; changing directory;
+  writing, creating, deleting, renaming, truncating or changing the mode or times of anything
+  outside its directory; links; relative paths that climb above its directory (relative to a
+  descriptor of a subdirectory they would land elsewhere than checked); opening a directory
+  outside it; opening anything that is not a regular file but ``/dev/null``, ``/dev/zero``,
   ``/dev/urandom`` and ``/dev/random``; reading, listing or importing from anywhere but its
   directory, the interpreter's own standard library and the caller's ``read_paths``; SQLite
-  databases and extensions outside its directory. Each refusal is logged to a file the caller
-  reads, so a program that catches the error still ends with status ``refused``.
+  databases outside its directory and SQLite extensions. Each refusal is logged to a file out
+  of the program's reach, so a program that catches the error still ends with status
+  ``refused``.
 
 What it does **not** protect against, plainly:
 
@@ -357,7 +360,7 @@ def make_hook(workdir, roots, refusals_fd):
     _str, _bytes, _int, _tuple, _frame = str, bytes, int, tuple, sys._getframe
     _isinstance, _len, _repr = isinstance, len, repr
     _error = PermissionError
-    denied_prefixes = ("socket.", "ctypes.")
+    denied_prefixes = ("socket.", "ctypes.", "syslog.")  # syslog: a socket the hook never sees
     denied = frozenset((
         "os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn", "os.system",
         "os.startfile", "os.kill", "os.killpg", "signal.pthread_kill", "subprocess.Popen",
@@ -365,7 +368,8 @@ def make_hook(workdir, roots, refusals_fd):
         "code.__new__", "gc.get_objects", "gc.get_referrers", "gc.get_referents",
         "os.chdir", "os.link", "os.symlink", "sqlite3.enable_load_extension",
         "sqlite3.load_extension", "cpython.PyInterpreterState_New", "os.add_dll_directory",
-        "winreg.ConnectRegistry", "webbrowser.open",
+        "winreg.ConnectRegistry", "webbrowser.open", "sys.remote_exec",
+        "cpython.remote_debugger_script",
     ))
     denied_modules = frozenset((
         "ctypes", "_ctypes", "_posixsubprocess", "_xxsubinterpreters", "_xxinterpchannels",

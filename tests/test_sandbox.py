@@ -192,6 +192,7 @@ def test_the_hook_cannot_be_undone_or_bypassed() -> None:
         "(lambda: 0).__code__.replace(co_name='x')",
         "import os\nos.chdir('/')",
         "import _xxsubinterpreters",
+        "import syslog\nsyslog.syslog('from the sandbox')",
     ):
         assert run(code).status is Status.REFUSED, code
     gone = run(
