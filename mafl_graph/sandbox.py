@@ -9,8 +9,8 @@
   memory, signals or a crash with it; many runs may go on at once from several threads.
 * **A fresh temporary working directory**, removed afterwards, as its ``cwd``, ``HOME`` and
   ``TMPDIR``; **an environment built from scratch** (never the caller's ``os.environ``, so no
-  API key can leak); stdin is ``/dev/null``; no file descriptor but the output files is
-  inherited.
+  API key can leak); stdin is ``/dev/null``; no file descriptor but stdout, stderr and the
+  refusal log is inherited, and the program text and those files lie outside its directory.
 * **Resource limits**, set by the child on itself before the program is even compiled: CPU time
   (``RLIMIT_CPU``), address space (``RLIMIT_AS``), the size of any file it writes, stdout and
   stderr included (``RLIMIT_FSIZE``, so a huge print fills neither memory nor disk), no core

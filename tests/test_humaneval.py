@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from mafl_graph.grading import Verdict, majority_vote
+from mafl_graph.sandbox import run_python
 from mafl_graph.tasks import HumanEval, Problem, get_task, task_for
 from mafl_graph.tasks import humaneval as module
 from mafl_graph.tasks.base import grade_answer
@@ -188,16 +189,24 @@ def test_broken_code_passes_nothing() -> None:
         assert quick.for_problem(p).grade(code, p.answer or "") is Verdict.DIFFERENT
 
 
-def test_outcomes_are_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_outcomes_are_cached_and_run_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = []
+
+    def counting(*args: object, **kwargs: object) -> object:
+        runs.append(args)
+        return run_python(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "run_python", counting)
     code = "def has_close_elements(numbers, threshold):\n    return False  # cached\n"
-    first = check_outcomes(0, code)
-    monkeypatch.setattr(module, "run_python", lambda *a, **k: pytest.fail("ran twice"))
-    assert check_outcomes(0, code) == first
-    bound = task_for(TASK, problem(0))
     with ThreadPoolExecutor(4) as pool:
-        assert set(pool.map(lambda _: bound.grade(code, code), range(8))) == {
-            Verdict.EQUIVALENT if "P" in first else Verdict.DIFFERENT
-        }
+        outcomes = set(pool.map(lambda _: check_outcomes(0, code), range(8)))
+    assert len(outcomes) == 1 and len(runs) == 1
+    bound = task_for(TASK, problem(0))
+    canonical = problem(0).answer or ""
+    first = bound.grade(code, canonical)
+    again = bound.grade(code, canonical)
+    assert first is again is Verdict.DIFFERENT
+    assert len(runs) <= 2  # the canonical solution at most once more
 
 
 def test_unbound_grading_finds_the_problem_by_its_canonical_solution() -> None:

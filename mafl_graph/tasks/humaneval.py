@@ -37,7 +37,7 @@ from mafl_graph.grading import Verdict
 from mafl_graph.sandbox import run_python
 from mafl_graph.tasks.base import Problem
 
-__all__ = ["CODE_PROMPTS", "HumanEval", "check_outcomes"]
+__all__ = ["CODE_PROMPTS", "BoundHumanEval", "HumanEval", "check_outcomes"]
 
 SPLITS = ("train", "test")
 TEST_SIZE = 64  # of 164: the other 100 are the train split
