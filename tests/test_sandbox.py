@@ -244,3 +244,9 @@ def test_no_process_is_left_behind() -> None:
             Path(f"/proc/{pid}/cmdline").read_bytes() if Path(f"/proc/{pid}").exists() else b""
         )
         assert b"mafl-sandbox" not in cmdline
+
+
+def test_without_pidfd_it_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(os, "pidfd_open")
+    assert run("print('polled')").stdout == "polled\n"
+    assert run("import time\ntime.sleep(60)", timeout=0.3).status is Status.TIMEOUT
