@@ -70,7 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     numbers = sorted(humaneval._records())
     records = humaneval._records()
-    limits = {"timeout": 10.0, "cpu_seconds": 5, "memory": 512}
+    limits = {"timeout": 10.0, "cpu_seconds": 5, "memory_mb": 512}
 
     def solution(number: int) -> Callable[[], str]:
         code = records[number]["prompt"] + records[number]["canonical_solution"]

@@ -218,6 +218,11 @@ def test_unbound_grading_finds_the_problem_by_its_canonical_solution() -> None:
         TASK.grade("def f(): pass", "def g(): pass")
 
 
+def test_bad_limits_say_what_is_wrong() -> None:
+    with pytest.raises(ValueError, match="cpu_seconds=0"):
+        HumanEval(cpu_seconds=0)
+
+
 def test_binding_needs_a_humaneval_problem() -> None:
     assert task_for(TASK, Problem("humaneval-163", "?")).number == 163  # type: ignore[attr-defined]
     by_question = TASK.for_problem(Problem("other-id", problem(7).question))

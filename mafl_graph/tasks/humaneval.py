@@ -90,6 +90,13 @@ class HumanEval:
     name: ClassVar[str] = "humaneval"
     prompts: ClassVar[DebatePrompts] = CODE_PROMPTS
 
+    def __post_init__(self) -> None:
+        if self.timeout <= 0 or self.cpu_seconds < 1 or self.memory_mb < 32:
+            raise ValueError(
+                f"HumanEval's sandbox limits are out of range: timeout={self.timeout!r} (> 0 s), "
+                f"cpu_seconds={self.cpu_seconds!r} (>= 1), memory_mb={self.memory_mb!r} (>= 32)"
+            )
+
     def load(self, split: str, n: int | None = None) -> list[Problem]:
         """The first ``n`` problems of ``split`` (all by default), in HumanEval's own order.
 
@@ -204,11 +211,15 @@ class BoundHumanEval:
 
     def _limits(self) -> dict[str, Any]:
         task = self.task
-        return {"timeout": task.timeout, "cpu_seconds": task.cpu_seconds, "memory": task.memory_mb}
+        return {
+            "timeout": task.timeout,
+            "cpu_seconds": task.cpu_seconds,
+            "memory_mb": task.memory_mb,
+        }
 
 
 def check_outcomes(
-    number: int, code: str, *, timeout: float = 10.0, cpu_seconds: int = 5, memory: int = 512
+    number: int, code: str, *, timeout: float = 10.0, cpu_seconds: int = 5, memory_mb: int = 512
 ) -> str:
     """What ``code`` does on HumanEval problem ``number``'s tests: one letter per ``assert``
     run, ``P`` (passed) or ``F`` (failed, or raised), in order, and a final ``X`` if the
@@ -223,7 +234,7 @@ def check_outcomes(
         hashlib.sha256(code.encode("utf-8", "surrogatepass")).hexdigest(),
         timeout,
         cpu_seconds,
-        memory,
+        memory_mb,
     )
     with _LOCK:
         future = _CACHE.get(key)
@@ -237,7 +248,7 @@ def check_outcomes(
     if not owner:
         return future.result()
     try:
-        outcome = _run_tests(number, code, timeout, cpu_seconds, memory)
+        outcome = _run_tests(number, code, timeout, cpu_seconds, memory_mb)
     except BaseException as error:
         with _LOCK:
             _CACHE.pop(key, None)
@@ -257,7 +268,7 @@ _LOCK = threading.Lock()
 _CACHE: OrderedDict[tuple[Any, ...], Future[str]] = OrderedDict()
 
 
-def _run_tests(number: int, code: str, timeout: float, cpu_seconds: int, memory: int) -> str:
+def _run_tests(number: int, code: str, timeout: float, cpu_seconds: int, memory_mb: int) -> str:
     if len(code) > MAX_CODE_CHARS:
         return ""
     record = _records()[number]
@@ -267,7 +278,7 @@ def _run_tests(number: int, code: str, timeout: float, cpu_seconds: int, memory:
         test=_recording_test(number),
         entry_point=record["entry_point"],
     )
-    result = run_python(program, timeout=timeout, cpu_seconds=cpu_seconds, memory_mb=memory)
+    result = run_python(program, timeout=timeout, cpu_seconds=cpu_seconds, memory_mb=memory_mb)
     lines = result.stdout.splitlines()
     if not result.ok or not lines or not set(lines[-1]) <= set("PFX"):
         return ""
