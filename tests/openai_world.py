@@ -51,6 +51,9 @@ class OpenAIWorld:
     """("upload" | "job", k): answer the k-th of those creations, and kill ``pid`` with it."""
     killed_after: dict[str, Any] | None = None
     """The file or job whose answer the kill cut off."""
+    answers: dict[str, str] = field(default_factory=dict)
+    """Question text -> reference: a prompt that contains the question is answered (like a sum:
+    tuned models always right) in the reference's form, a fenced function or a boxed value."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __call__(self, call: Call) -> tuple[int, Any]:
@@ -135,7 +138,12 @@ class OpenAIWorld:
         messages, model = body["messages"], body["model"]
         key = json.dumps([model, messages, body.get("seed")], sort_keys=True)
         match = _SUM.search(messages[0]["content"])
-        if not match:
+        known = next((a for q, a in self.answers.items() if q in messages[0]["content"]), None)
+        if known is not None:
+            right = model.startswith("ft:") or len(messages) > 1 or len(known) % 2 == 1
+            answer = known if right else "nothing"
+            text = f"```python\n{answer}\n```" if "def " in known else f"\\boxed{{{answer}}}"
+        elif not match:
             text = "The other agents say different things."
         else:
             a, b = int(match[1]), int(match[2])
