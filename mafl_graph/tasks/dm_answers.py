@@ -276,11 +276,26 @@ def _grade_form(
     """Equal as expressions, and, where ``measure`` is given, of the form asked: ``measure`` of
     the reply as written ``fits`` that of the reference.
 
-    Both sides are read by :func:`_parse` (not math-verify, which reads "8c" as 8, "8*c" as
-    ``8c``, and "9072 - sqrt(7)" as 9072) and compared by sympy as
-    :func:`mafl_graph.grading.grade` compares: under the process-wide symbolic lock, within a
-    CPU-time budget.
+    Both sides are read by :func:`_parse` (not math-verify, which reads "8c" as 8 and
+    "9072 - sqrt(7)" as 9072) and compared by sympy, all of it as
+    :func:`mafl_graph.grading.grade` does its symbolic work: under the process-wide lock,
+    within a CPU-time budget (UNDECIDED when it runs out).
     """
+    with grading._SYMBOLIC:
+        saved = grading._global_state()
+        try:
+            verdict = grading._within(_TIMEOUT, _compare, answer, reference, measure, fits)
+        finally:
+            grading._restore(saved)
+    return Verdict.UNDECIDED if verdict is _OUT_OF_TIME else verdict
+
+
+def _compare(
+    answer: str,
+    reference: str,
+    measure: Callable[[sympy.Basic], int | None] | None,
+    fits: Callable[[int, int], bool] | None,
+) -> Verdict:
     said, wanted = _parse(answer), _parse(reference)
     if said is None or wanted is None:
         return Verdict.DIFFERENT
@@ -288,20 +303,8 @@ def _grade_form(
         said_size, wanted_size = measure(said[1]), measure(wanted[1])
         if said_size is None or wanted_size is None or not fits(said_size, wanted_size):
             return Verdict.DIFFERENT
-    with grading._SYMBOLIC:
-        saved = grading._global_state()
-        try:
-            same = grading._within(_TIMEOUT, _equal, said[0], wanted[0])
-        finally:
-            grading._restore(saved)
-    if same is _OUT_OF_TIME:
-        return Verdict.UNDECIDED
-    return _verdict(bool(same))
-
-
-def _equal(a: sympy.Expr, b: sympy.Expr) -> bool:
-    difference = sympy.expand(a - b)
-    return bool(difference == 0 or sympy.cancel(difference) == 0)
+    difference = sympy.expand(said[0] - wanted[0])
+    return _verdict(difference == 0 or sympy.cancel(difference) == 0)
 
 
 def _parse(text: str) -> tuple[sympy.Expr, sympy.Basic] | None:
