@@ -337,3 +337,42 @@ def test_extraction_and_prompt() -> None:
     problem = numbers.load("test", 1)[0]
     prompt = numbers.question_prompt(problem)
     assert problem.question in prompt and "\\boxed{answer}" in prompt
+
+
+@pytest.mark.parametrize(
+    ("module", "replies", "clusters"),
+    [
+        # replies in no reference form ("14*q", an equation) are compared, never an error
+        ("algebra__linear_1d", ["14*q", "x = -3", "-3", "\\frac{-6}{2}", "m + 2 = 10m"], 3),
+        ("arithmetic__add_or_sub", ["2*3=6", "0.5", "1/2", "\\frac{1}{2}", "2.3389+1.4456"], 3),
+        ("comparison__pair", ["3.14159*1", "True", "yes", "(b)", "b", "false"], 4),
+        ("numbers__list_prime_factors", ["2, 3", "3, 2", "{2,3}", "2, 5"], 2),
+        ("comparison__sort", ["1, 2, 3", "3, 2, 1", "[1,2,3]"], 2),
+        ("measurement__time", ["6:40 AM", "06:40am", "18:40", "6:40 PM"], 2),
+    ],
+)
+def test_the_vote_clusters_replies_by_value(module: str, replies: list[str], clusters: int) -> None:
+    from mafl_graph.grading import majority_vote
+    from mafl_graph.tasks.base import grade_answer
+
+    task = DeepMindMath(module)
+    vote = majority_vote(replies, equivalent=lambda a, b: grade_answer(task, a, b))
+    assert len(vote.clusters) == clusters, vote.clusters
+
+
+def test_a_debate_with_replies_in_any_form_is_voted_and_graded() -> None:
+    from fakes import ScriptedModel
+
+    from mafl_graph import Society, create_debate_graph, run_debates
+    from mafl_graph.society import Agent
+
+    task = DeepMindMath("algebra__linear_1d")
+    [problem] = task.load("test", 1)
+    replies = ["14*q", f"x = {problem.answer}", f"{problem.answer}"]
+    models = [ScriptedModel(reply=lambda m, r=r: f"\\boxed{{{r}}}") for r in replies]
+    agents = tuple(Agent(f"agent{i}", m, m) for i, m in enumerate(models))
+    society = Society(agents=agents, summarizer=ScriptedModel())
+    graph = create_debate_graph(society, task, rounds=1)
+    [result] = run_debates(graph, [problem], run_id="dm", progress=False)
+    assert result.ok, result.error
+    assert result.correct is True and result.consensus == f"x = {problem.answer}"

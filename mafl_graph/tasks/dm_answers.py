@@ -193,9 +193,22 @@ def check_reference(module: str, reference: str) -> Kind:
 
 
 def grade_as(module: str, answer: str, reference: str) -> Verdict:
-    """``answer`` against ``reference`` by the equivalence of the reference's kind."""
-    kind = check_reference(module, reference)
-    return _GRADE[kind](answer, reference)
+    """``answer`` against ``reference`` by the equivalence of the reference's kind.
+
+    A ``reference`` in none of the module's forms is another reply: the majority vote (and a
+    consensus target) compares two replies, and they are one answer when some kind of the
+    module reads both as the same value. The forms a right answer must take (factored,
+    simplified) do not apply between two replies: only their values do.
+    """
+    kind = kind_of(module, reference)
+    if kind is not None:
+        return _GRADE[kind](answer, reference)
+    if answer.strip() == reference.strip():
+        return Verdict.EQUIVALENT
+    verdicts = [_SAME_REPLY[kind](answer, reference) for kind in kinds_of(module)]
+    if Verdict.EQUIVALENT in verdicts:
+        return Verdict.EQUIVALENT
+    return Verdict.UNDECIDED if Verdict.UNDECIDED in verdicts else Verdict.DIFFERENT
 
 
 def _is_boolean(reference: str) -> bool:
@@ -639,6 +652,71 @@ _RECOGNISE: dict[Kind, Callable[[str], bool]] = {
     Kind.ORDERED: _is_list,
     Kind.MULTISET: _is_list,
 }
+
+
+def _same_number(a: str, b: str) -> Verdict:
+    x, y = _number(a), _number(b)
+    return _verdict(x is not None and x == y)
+
+
+def _same_boolean(a: str, b: str) -> Verdict:
+    x, y = _plain(a).lower(), _plain(b).lower()
+    return _verdict(x in _TRUE | _FALSE and (x in _TRUE) == (y in _TRUE) and y in _TRUE | _FALSE)
+
+
+def _same_name(a: str, b: str) -> Verdict:
+    x, y = (_plain(t).lower().removeprefix("(").removesuffix(")") for t in (a, b))
+    return _verdict(bool(x) and _NAME.fullmatch(x) is not None and x == y)
+
+
+def _same_digits(a: str, b: str) -> Verdict:
+    x = _digits(a)
+    return _verdict(_DIGITS.fullmatch(x) is not None and x == _digits(b))
+
+
+def _same_clock(a: str, b: str) -> Verdict:
+    x, y = (_minute_of_day(_plain(t).lower().replace(".", "")) for t in (a, b))
+    return _verdict(x is not None and x == y)
+
+
+def _same_item(a: str, b: str) -> Verdict:
+    return _same_number(a, b) if _number(a) is not None else _same_name(a, b)
+
+
+def _same_ordered(a: str, b: str) -> Verdict:
+    said, other = _items(a), _items(b)
+    if len(said) != len(other):
+        return Verdict.DIFFERENT
+    return _all_of([_same_item(x, y) for x, y in zip(said, other, strict=True)])
+
+
+def _same_multiset(a: str, b: str) -> Verdict:
+    said, other = _items(a), _items(b)
+    if len(said) != len(other):
+        return Verdict.DIFFERENT
+    unused = list(range(len(other)))
+    for item in said:
+        match = next((i for i in unused if _same_item(item, other[i]) is Verdict.EQUIVALENT), None)
+        if match is None:
+            return Verdict.DIFFERENT
+        unused.remove(match)
+    return Verdict.EQUIVALENT
+
+
+# Two replies compared by one kind: both read as that kind, of equal value.
+_SAME_REPLY: dict[Kind, Callable[[str, str], Verdict]] = {
+    Kind.NUMBER: _same_number,
+    Kind.EXPRESSION: _grade_expression,
+    Kind.FACTORED: _grade_expression,
+    Kind.SIMPLIFIED: _grade_expression,
+    Kind.BOOLEAN: _same_boolean,
+    Kind.NAME: _same_name,
+    Kind.DIGITS: _same_digits,
+    Kind.CLOCK: _same_clock,
+    Kind.ORDERED: _same_ordered,
+    Kind.MULTISET: _same_multiset,
+}
+
 _GRADE: dict[Kind, Callable[[str, str], Verdict]] = {
     Kind.NUMBER: _grade_number,
     Kind.EXPRESSION: _grade_expression,
