@@ -44,6 +44,7 @@ from mafl_graph.cache import default_cache_dir
 from mafl_graph.grading import Verdict, extract_boxed, last_number
 from mafl_graph.tasks.base import Problem
 from mafl_graph.tasks.dm_answers import Kind, check_reference, grade_as, kinds_of
+from mafl_graph.tasks.math import math_prompt
 
 __all__ = [
     "COMPOSED_MODULES",
@@ -152,11 +153,7 @@ class DeepMindMath:
 
     def question_prompt(self, problem: Problem) -> str:
         """The question with MATH's request for a single boxed answer."""
-        return (
-            f"Can you solve the following math problem? {problem.question} Provide a bullet "
-            "point summary of your reasoning. Your final answer should be a single answer, in "
-            "the form \\boxed{answer}, at the end of your response."
-        )
+        return math_prompt(problem.question)
 
     def extract_answer(self, text: str) -> str | None:
         """The boxed answer; for modules whose answers are all numbers, a box with no digit in

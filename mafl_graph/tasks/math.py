@@ -26,6 +26,15 @@ from mafl_graph.tasks.files import (
 _ANSWER_IS = "The answer is:"
 
 
+def math_prompt(question: str) -> str:
+    """The paper's MATH prompt: a bullet-point summary and one boxed answer."""
+    return (
+        f"Can you solve the following math problem? {question} Provide a bullet point summary "
+        "of your reasoning. Your final answer should be a single answer, in the form "
+        "\\boxed{answer}, at the end of your response."
+    )
+
+
 @dataclass(frozen=True)
 class MATH:
     """MATH rows ``{"question", "answer"}`` where ``answer`` is a worked solution whose
@@ -70,11 +79,7 @@ class MATH:
 
     def question_prompt(self, problem: Problem) -> str:
         """The paper's MATH prompt."""
-        return (
-            f"Can you solve the following math problem? {problem.question} Provide a bullet "
-            "point summary of your reasoning. Your final answer should be a single answer, in "
-            "the form \\boxed{answer}, at the end of your response."
-        )
+        return math_prompt(problem.question)
 
     def extract_answer(self, text: str) -> str | None:
         """The boxed answer only: MATH answers are expressions, so a stray last number in the
