@@ -345,3 +345,26 @@ def test_gradients_flow_to_z_only(smol, method):
     assert all(p.grad is None for p in model.parameters())
     tensors = [*decomposition.u.values(), *decomposition.s.values(), *decomposition.v.values()]
     assert all(t.grad is None and not t.requires_grad for t in tensors)
+
+
+def test_a_bfloat16_model_takes_experts_in_its_own_dtype(tmp_path):
+    model = tiny_llama().to(torch.bfloat16)
+    decomposition = decompose(model, cache_dir=tmp_path, progress=False)
+    expert = SVFExpert.init(decomposition, std=1.0)
+    ids = torch.arange(12).view(2, 6)
+    with torch.no_grad():
+        base = model(ids).logits
+        with use_expert(model, decomposition, SVFExpert.identity(decomposition)) as weights:
+            assert all(w.dtype == torch.bfloat16 for w in weights.values())
+            same = model(ids).logits
+        with use_expert(model, decomposition, expert):
+            alone = model(ids).logits
+        changed = (alone - base).abs().max().item()
+        assert changed > 0.01
+        for method in METHODS:
+            with mixed_experts(model, decomposition, [None, expert], method=method):
+                mixed = model(ids).logits
+            assert mixed.dtype == torch.bfloat16
+            assert torch.allclose(mixed[0], base[0], atol=changed / 5), method
+            assert torch.allclose(mixed[1], alone[1], atol=changed / 5), method
+    assert torch.allclose(same, base, atol=changed / 5)
