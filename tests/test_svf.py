@@ -368,3 +368,20 @@ def test_a_bfloat16_model_takes_experts_in_its_own_dtype(tmp_path):
             assert torch.allclose(mixed[0], base[0], atol=changed / 5), method
             assert torch.allclose(mixed[1], alone[1], atol=changed / 5), method
     assert torch.allclose(same, base, atol=changed / 5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_a_cuda_model_takes_experts_on_its_device(tmp_path):
+    model = tiny_llama().cuda()
+    decomposition = decompose(model, cache_dir=tmp_path, progress=False)  # factors on the CPU
+    expert = SVFExpert.init(decomposition, std=1.0)
+    ids = torch.arange(12, device="cuda").view(2, 6)
+    with use_expert(model, decomposition, expert) as weights:
+        assert all(w.device.type == "cuda" for w in weights.values())
+        alone = model(ids).logits
+    for method in METHODS:
+        with mixed_experts(model, decomposition, [None, expert], method=method):
+            mixed = model(ids).logits
+        assert torch.allclose(mixed[1], alone[1].detach(), atol=1e-4), method
+    mixed[1].sum().backward()
+    assert all(z.grad is not None and z.grad.abs().sum() > 0 for z in expert.parameters())

@@ -150,7 +150,7 @@ def mixed_experts(
 
     Each target module's forward is replaced (on the instance, as ``mixed_lora`` does) and
     restored on exit. A forward whose batch does not have ``len(experts)`` rows raises
-    ``ValueError``. See the module's docstring for the two methods.
+    ``ValueError``. The module's docstring describes the three methods and what each costs.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")

@@ -67,7 +67,7 @@ class Decomposition:
     path: Path | None = None
     """The cache file it was read from or written to (``None`` when not cached)."""
     _cast: dict[tuple[str, torch.dtype, torch.device], tuple[torch.Tensor, ...]] = field(
-        default_factory=dict, repr=False
+        default_factory=dict, repr=False, init=False
     )
 
     @property
