@@ -157,6 +157,10 @@ def test_save_and_load_round_trip(tiny, tmp_path):
     assert loaded.settings == expert.settings and loaded.layers == expert.layers
     assert all(t.requires_grad for t in loaded.parameters())
     assert SVFExpert.load(folder / EXPERT_FILE).names == expert.names  # a file in it works too
+    expert.settings["when"] = object()
+    with pytest.raises(ValueError, match="settings must be JSON-serialisable"):
+        expert.save(tmp_path / "other")
+    assert not (tmp_path / "other").exists()
 
 
 def test_an_expert_for_another_model_or_targets_is_refused(tiny, tmp_path):

@@ -106,10 +106,12 @@ class SVFExpert:
 
     @property
     def names(self) -> tuple[str, ...]:
+        """The target module names, in model order."""
         return tuple(self.z)
 
     @property
     def num_parameters(self) -> int:
+        """The number of values in all z vectors together."""
         return sum(t.numel() for t in self.z.values())
 
     def parameters(self) -> list[torch.Tensor]:
@@ -176,10 +178,16 @@ class SVFExpert:
     def save(self, directory: str | Path) -> Path:
         """Write the expert into ``directory`` (created if needed; its files replaced, each
         atomically) and return the directory."""
+        try:
+            config = json.dumps(self.config(), indent=2) + "\n"
+        except TypeError as error:  # refused before anything is written
+            raise ValueError(
+                f"The SVF expert's settings must be JSON-serialisable ({error}): "
+                f"convert them to numbers, strings, lists and dicts; got {self.settings!r}"
+            ) from error
         directory = Path(directory).expanduser()
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {name: t.detach().float().cpu().contiguous() for name, t in self.z.items()}
-        config = json.dumps(self.config(), indent=2) + "\n"
         _atomic(directory / EXPERT_FILE, lambda path: save_file(tensors, path))
         _atomic(directory / CONFIG_FILE, lambda path: Path(path).write_text(config))
         return directory
