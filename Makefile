@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/traces_scaling.py
 	$(PY) benchmarks/lora_step.py
 	$(PY) benchmarks/grading_throughput.py
+	$(PY) benchmarks/sandbox_throughput.py
 	$(PY) benchmarks/checkpoint_size.py
 	$(PY) benchmarks/answer_save_lag.py
 	$(PY) benchmarks/kill_duplicates.py
