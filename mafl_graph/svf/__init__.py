@@ -45,7 +45,6 @@ _EXPORTS: dict[str, str] = {
             "layer_count",
             "normalize_layers",
             "select_targets",
-            "svf_linear",
             "weights_fingerprint",
         ),
         "mafl_graph.svf.decomposition",
