@@ -352,8 +352,16 @@ class LoopConfig:
 
         _check_sampling(self.temperature, self.max_tokens)
         provider, _, name = self.model.partition(":")
-        backend = tuner_for_provider(provider)
+        backend = self.tune.tuner or tuner_for_provider(provider)
         backend_class = tuner_class(backend)
+        # A backend chosen by name must tune this provider's models (SVF needs weights).
+        if self.tune.tuner and getattr(backend_class, "provider", provider) != provider:
+            note = getattr(backend_class, "provider_note", "")
+            raise ValueError(
+                f"The {backend!r} tuning backend tunes {backend_class.provider}: models, not "
+                f"{self.model!r}{f': {note}' if note else ''}; use the provider's own tuning "
+                f"backend ({tuner_for_provider(provider)}), or a {backend_class.provider}: model."
+            )
         task, task_options = self.task_options.build(
             seed=self.seed, defaults=LOOP_TASK_DEFAULTS.get(self.task_options.task.lower())
         )
@@ -371,6 +379,7 @@ class LoopConfig:
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
             **({"serving": serving} if serving else {}),
+            **({"tuner": backend} if self.tune.tuner else {}),
             **backend_class.settings(tuner),
         }
         return LoopParts(society, task, tuner, settings)

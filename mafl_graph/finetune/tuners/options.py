@@ -21,6 +21,10 @@ def option(default: Any, help: str) -> Any:
 class TuneOptions:
     """How each agent's model is tuned; ``None`` means the backend's own default."""
 
+    tuner: str | None = option(
+        None,
+        "tuning: the backend (local, svf, openai, vertex); default: the model's provider's",
+    )
     epochs: float | None = option(None, "tuning: passes over each dataset")
     learning_rate: float | None = option(
         None, "tuning: local: learning rate; hosted: learning-rate multiplier"

@@ -21,6 +21,8 @@ _REGISTRY: dict[str, type[TunerBackend] | str] = {
     "local": "mafl_graph.finetune.tuners.local:LocalTuner",
     "openai": "mafl_graph.finetune.tuners.openai:OpenAITuner",
     "vertex": "mafl_graph.finetune.tuners.vertex:VertexTuner",
+    # SVF tunes local models too, but is registered by path, so "local:" stays LoRA's.
+    "svf": "mafl_graph.finetune.tuners.svf:SVFTuner",
 }
 # Which backend tunes the models of each provider (the prefix of a "provider:model" string);
 # built-ins are listed here so that resolving one imports nothing.
