@@ -356,7 +356,7 @@ class LoopConfig:
         backend_class = tuner_class(backend)
         # A backend chosen by name must tune this provider's models (SVF needs weights).
         if self.tune.tuner and getattr(backend_class, "provider", provider) != provider:
-            note = getattr(backend_class, "provider_note", "")
+            note = backend_class.provider_note
             raise ValueError(
                 f"The {backend!r} tuning backend tunes {backend_class.provider}: models, not "
                 f"{self.model!r}{f': {note}' if note else ''}; use the provider's own tuning "
@@ -445,6 +445,7 @@ class LoopConfig:
         serving = settings.get("serving", {})
         tune = TuneOptions(
             base=settings.get("tune_base"),
+            tuner=settings.get("tuner"),
             **{k: serving[k] for k in ("project", "location") if serving.get(k)},
         )
         config = cls(

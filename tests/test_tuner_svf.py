@@ -12,6 +12,7 @@ import pytest
 
 from mafl_graph.config import LoopConfig
 from mafl_graph.finetune.tuners import TunedModel, TuneOptions, tuner_class, tuner_for_provider
+from mafl_graph.rundir import prepare_run_dir
 
 QUESTION = "What is the secret word?"
 TARGET = "The secret word is Zorblax."
@@ -43,6 +44,10 @@ def test_the_loop_tunes_with_svf_when_asked_and_refuses_it_for_hosted_models(tmp
     assert parts.settings["tune"]["learning_rate"] == 2e-3
     assert type(parts.tuner(tmp_path, iteration=2)).__name__ == "SVFTuner"
     assert LoopConfig.of(model="local:smollm2").build().tuner.backend == "local"
+    # a resumed run (and `mafl eval` of it) tunes and serves with the backend it was made with
+    config = LoopConfig.of(model="local:smollm2", tuner="svf", agents=2)
+    prepare_run_dir(tmp_path / "loop", config.loop(parts=parts).settings())
+    assert LoopConfig.from_manifest(tmp_path / "loop")[0].tune.tuner == "svf"
     for model in ("openai:gpt-4o-mini-2024-07-18", "google_genai:gemini-2.0-flash"):
         with pytest.raises(ValueError, match="hosted models have no weights; SVF needs a local"):
             LoopConfig.of(model=model, tuner="svf").build()

@@ -16,7 +16,7 @@ Opt = typer.Option
 
 
 @app.command("tune")
-@with_options(options=TuneOptions)
+@with_options(options=TuneOptions, exclude=("tuner",))
 def tune_command(
     options: TuneOptions,
     run_dir: Annotated[Path, Opt(help="a run directory with datasets from `mafl datasets`")] = Path(

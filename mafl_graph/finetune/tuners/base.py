@@ -131,6 +131,8 @@ class TunerBackend(ABC):
     """The name the backend is registered under, recorded in every TunedModel it makes."""
     provider: str
     """The prefix of the ``provider:model`` strings whose models this backend tunes."""
+    provider_note: str = ""
+    """Why this backend tunes only its provider's models, for the error that refuses others."""
     dataset_format: Literal["openai", "vertex"] = "openai"
     """The format of :func:`~mafl_graph.finetune.export.export_datasets` it trains on."""
     dataset_suffix: str = ".openai.jsonl"
