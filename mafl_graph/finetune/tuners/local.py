@@ -98,7 +98,7 @@ class LocalTuner(TunerBackend):
     backend = "local"
     provider = "local"
     dataset_format = "openai"
-    config_type = LocalTuneConfig
+    config_type: type[Any] = LocalTuneConfig
     default_base = SMOLLM2_ALIAS
     detail_column = "s/step · peak RSS"
 

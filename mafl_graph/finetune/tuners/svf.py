@@ -36,31 +36,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from mafl_graph.finetune.tuners.base import Dataset, JobLedger, TunedModel, TunerBackend
+from mafl_graph.finetune.tuners.base import TunedModel
 from mafl_graph.finetune.tuners.local import (
     ADAPTER_METRICS,
     IGNORE,
+    LocalTuner,
     batch_stream,
     causal_lm_loss,
     collate,
     encode,
-    load_conversations,
     peak_rss_mb,
 )
 from mafl_graph.finetune.tuners.options import TuneOptions
 from mafl_graph.local.loading import (
-    SMOLLM2_ALIAS,
-    check_dtype,
     load_tokenizer,
     prepare_model_dir,
     release_memory,
-    require_local,
     shared_base,
 )
 
 if TYPE_CHECKING:
-    from langchain_core.language_models import BaseChatModel
-
     from mafl_graph.svf import Decomposition, SVFExpert
 
 EXPERT_CONFIG = "svf_config.json"
@@ -100,48 +95,23 @@ class SVFTuneConfig:
     backward whatever the batch, as cheap only from about a thousand tokens a step."""
 
 
-class SVFTuner(TunerBackend):
+class SVFTuner(LocalTuner):
     """Trains an SVF expert of the local model (``model``: "smollm2", a GGUF or an HF
     directory) per agent and role.
 
     Datasets are OpenAI chat JSONL with weights (or records); iteration 1 starts a new expert
     on ``base`` (default ``model``), later ones continue a previous :class:`TunedModel`'s
-    expert. A finished expert directory is reused on a rerun (the ledger checks it was trained
-    on the same data from the same start), so an interrupted ``mafl tune`` only redoes what is
-    missing.
+    expert. The ledger, the run directory's layout, resuming and serving are the LoRA tuner's
+    (``LocalChatModel(adapter=dir)`` serves an expert directory as it serves an adapter); only
+    what is trained, and how, differs.
     """
 
     backend = "svf"
-    provider = "local"
     provider_note = "hosted models have no weights; SVF needs a local model"
-    """Why a model of another provider cannot be tuned here (for the loop's refusal)."""
-    dataset_format = "openai"
     config_type = SVFTuneConfig
-    default_base = SMOLLM2_ALIAS
-    detail_column = "s/step · peak RSS"
-
-    def __init__(
-        self,
-        run_dir: str | Path,
-        *,
-        model: str = SMOLLM2_ALIAS,
-        iteration: int = 1,
-        config: SVFTuneConfig | None = None,
-        retry: bool = False,
-        base: str | None = None,
-        progress: bool = True,
-    ) -> None:
-        require_local()
-        super().__init__(
-            run_dir, iteration=iteration, config=config, retry=retry, base=base or model
-        )
-        self.model_path = model
-        self.progress = progress
-        """A tqdm bar per run: steps, rate, ETA and the last loss."""
-        check_dtype(self.config.dtype)
 
     @classmethod
-    def _config_from_options(cls, options: TuneOptions, seed: int) -> SVFTuneConfig:
+    def _config_from_options(cls, options: TuneOptions, seed: int) -> SVFTuneConfig:  # type: ignore[override]
         default = SVFTuneConfig()
         return SVFTuneConfig(
             epochs=options.epochs if options.epochs is not None else default.epochs,
@@ -162,21 +132,6 @@ class SVFTuner(TunerBackend):
             )
 
     @classmethod
-    def _settings_from(cls, options: TuneOptions, *, model: str) -> dict[str, Any]:
-        return {"model": model or SMOLLM2_ALIAS, "base": options.base}
-
-    # Serving what it tuned ----------------------------------------------------------------
-
-    @classmethod
-    def serve(cls, tuned: TunedModel, **kwargs: Any) -> BaseChatModel:
-        """The local chat model of the expert's base, serving the expert."""
-        require_local()
-        from mafl_graph.local import LocalChatModel
-
-        settings = {"model_path": tuned.options.get("model_path", SMOLLM2_ALIAS)}
-        return LocalChatModel(**{**settings, "adapter": tuned.model, **kwargs})
-
-    @classmethod
     def check_served(cls, tuned: TunedModel) -> None:
         if not (Path(tuned.model).expanduser() / EXPERT_CONFIG).is_file():
             raise FileNotFoundError(
@@ -184,39 +139,10 @@ class SVFTuner(TunerBackend):
                 f"lacks {EXPERT_CONFIG}; restore it, or tune iteration {tuned.iteration} again."
             )
 
-    @classmethod
-    def detail(cls, tuned: TunedModel) -> str:
-        """Seconds per step and peak RSS, from the metrics saved next to the expert."""
-        metrics = Path(tuned.model) / ADAPTER_METRICS
-        if not metrics.is_file():
-            return ""
-        m = json.loads(metrics.read_text())
-        return f"{m['seconds_per_step']:.2f} s · {m['peak_rss_mb'] / 1024:.1f} GB"
-
-    # Tuning -------------------------------------------------------------------------------
-
-    def output_dir(self, agent: int, role: str) -> Path:
-        return self.layout.adapter(self.iteration, agent, role)
-
-    def _finished(self, ledger: JobLedger, agent: int, role: str) -> bool:
-        done = self.output_dir(agent, role) / ADAPTER_METRICS
-        return ledger.get("status") == "succeeded" and done.is_file()
-
-    def _model(self, ledger: JobLedger, agent: int, role: str) -> str:
-        return str(self.output_dir(agent, role))
-
-    def _run(
-        self, ledger: JobLedger, facts: dict[str, Any], dataset: Dataset, cfg: SVFTuneConfig
-    ) -> None:
-        ledger.update(**facts, config=dataclasses.asdict(cfg), status="running")
-        out = self.output_dir(facts["agent"], facts["role"])
-        metrics = self.train(load_conversations(dataset), facts["base"], out, cfg)
-        ledger.update(status="succeeded", model=str(out), metrics=metrics)
-
-    def _options(self, start: str, cfg: SVFTuneConfig) -> dict[str, Any]:
+    def _options(self, start: str, cfg: SVFTuneConfig) -> dict[str, Any]:  # type: ignore[override]
         return {"model_path": self._base_of(start)}
 
-    def train(
+    def train(  # type: ignore[override]
         self,
         conversations: Sequence[Sequence[Mapping[str, Any]]],
         start: str,
