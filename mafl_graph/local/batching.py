@@ -6,8 +6,8 @@ scheduler's thread takes every request waiting when it starts a batch, left-pads
 prefills them together and decodes step by step. Each row samples with its own parameters and
 its own seeded ``torch.Generator``, and returns as soon as its sequence ends (EOS, a stop string
 or its token budget), so short answers don't wait for long ones; finished rows leave the batch.
-Rows may name different LoRA adapters: PEFT's mixed-adapter batches (``adapter_names``) run
-them in the same forward pass.
+Rows may name different adapters, LoRA or SVF: the engine runs them all in the same forward
+pass (``mixed_lora``, ``mixed_svf``).
 
 Hand-written because ``model.generate`` applies one set of sampling parameters and one RNG to
 the whole batch, and returns only when its longest sequence is done.

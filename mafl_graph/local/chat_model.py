@@ -44,7 +44,8 @@ class LocalChatModel(BaseChatModel):
     dtype: str = "float32"
     """Weights in memory: float32 (fastest for one stream on CPU) or bfloat16/float16."""
     adapter: str | None = None
-    """A PEFT LoRA adapter directory applied on top of the shared base (e.g. a tuned agent)."""
+    """A PEFT LoRA adapter directory or an SVF expert directory (:mod:`mafl_graph.svf`)
+    applied on top of the shared base (e.g. a tuned agent)."""
     _engine: LocalEngine | None = PrivateAttr(default=None)
 
     @field_validator("dtype")
@@ -56,13 +57,14 @@ class LocalChatModel(BaseChatModel):
     @classmethod
     def _adapter_exists(cls, adapter: str | None) -> str | None:
         # Fail when the society is built, not hours later at the first call of that agent.
-        if (
-            adapter is not None
-            and not (Path(adapter).expanduser() / "adapter_config.json").is_file()
-        ):
+        if adapter is None:
+            return adapter
+        directory = Path(adapter).expanduser()
+        if not any((directory / f).is_file() for f in ("adapter_config.json", "svf_config.json")):
             raise ValueError(
-                f"No LoRA adapter at {adapter!r} (expected adapter_config.json there); "
-                "pass a directory written by PEFT's save_pretrained."
+                f"No LoRA adapter at {adapter!r} (expected adapter_config.json there, or "
+                "svf_config.json for an SVF expert); pass a directory written by PEFT's "
+                "save_pretrained or by SVFExpert.save."
             )
         return adapter
 

@@ -4,13 +4,17 @@ All agents of a society (and every copy of a chat model) share one :class:`Local
 model and dtype. Requests from any thread or event loop go to its :class:`BatchScheduler`;
 LoRA adapters are loaded into the same base with PEFT (the base is not copied) and rows naming
 different adapters share a batch, each layer applying all of them at once (``mixed_lora``).
+SVF experts (:mod:`mafl_graph.svf`) are served the same way, one per row, in the same batches
+(``mixed_svf``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -31,6 +35,8 @@ from mafl_graph.local.prefix_cache import PrefixCache
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from mafl_graph.local.mixed_svf import MixedSVF
 
 FinishReason = Literal["stop", "length"]
 DEFAULT_BATCH_SIZE = 64
@@ -67,6 +73,7 @@ class LocalEngine:
         self._model_lock = threading.Lock()  # held around forward passes and adapter loads
         self._tokenizer_lock = threading.Lock()  # the fast tokenizer is not thread-safe
         self._peft: Any = None
+        self._svf: MixedSVF | None = None
         # transformers 5.x renamed the forward's ``past_key_values`` to ``cache`` (the old name
         # goes in 5.40): use whichever this version takes.
         forward = inspect.signature(model.forward).parameters
@@ -192,22 +199,32 @@ class LocalEngine:
         answer = list(answer)[: max(room, 0)] or [min(self._eos_ids())]
         ids = torch.tensor([list(prompt) + answer])
         name = self.adapter_name(adapter) if adapter is not None else BASE_ADAPTER
-        with self._model_lock, torch.inference_mode():
+        with self._model_lock, torch.inference_mode(), self._rows([name]) as names:
             model, extra = self.model, {}
             if self._peft is not None:
-                model, extra = self._peft, {"adapter_names": [name]}
+                model, extra = self._peft, {"adapter_names": names}
             logits = model(input_ids=ids, **extra).logits[0, len(prompt) - 1 : -1].float()
         return torch.log_softmax(logits, dim=-1), torch.tensor(answer)
 
     def adapter_name(self, path: str | Path) -> str:
-        """Load the LoRA adapter at ``path`` into the shared base (once) and return its name."""
+        """Load the adapter at ``path`` into the shared base (once) and return its name.
+
+        ``path`` is a PEFT LoRA adapter directory (``adapter_config.json``) or an SVF expert
+        directory (``svf_config.json``, written by :meth:`mafl_graph.svf.SVFExpert.save`). An
+        SVF expert must have been made over this engine's base: one of another base, or of
+        target shapes this model does not have, raises ``ValueError``. Its first load
+        decomposes the base's target weights (cached on disk: seconds the first time ever).
+        """
         directory = Path(path).expanduser().resolve()
         if directory in self._adapters:
             return self._adapters[directory]
+        if (directory / "svf_config.json").is_file():
+            return self._load_svf(directory)
         if not (directory / "adapter_config.json").is_file():
             raise FileNotFoundError(
-                f"No LoRA adapter at {str(path)!r} (expected adapter_config.json there); "
-                "pass a directory written by PEFT's save_pretrained."
+                f"No LoRA adapter at {str(path)!r} (expected adapter_config.json there, or "
+                "svf_config.json for an SVF expert); pass a directory written by PEFT's "
+                "save_pretrained or by SVFExpert.save."
             )
         from peft import PeftModel
 
@@ -226,6 +243,33 @@ class LocalEngine:
                 self._adapters[directory] = name
         return self._adapters[directory]
 
+    def _load_svf(self, directory: Path) -> str:
+        from mafl_graph.local.mixed_svf import MixedSVF
+        from mafl_graph.svf.expert import SVFExpert
+
+        expert = SVFExpert.load(directory)
+        with self._model_lock:
+            if directory in self._adapters:
+                return self._adapters[directory]
+            if self._svf is None:
+                self._svf = MixedSVF(self.model)
+            # Reads the weights, and checks the expert against them, before any layer changes.
+            decomposition = self._svf.decomposition(expert)
+            name = f"svf{len(self._adapters)}"
+            self._svf.add(name, expert, decomposition)
+            self._adapters[directory] = name
+        return name
+
+    @contextlib.contextmanager
+    def _rows(self, adapters: list[str]) -> Iterator[list[str]]:
+        """Name each row's SVF expert to the target layers while the block runs the model;
+        yields the names PEFT takes (an SVF row is a base row there)."""
+        if self._svf is None:
+            yield adapters
+            return
+        with self._svf.rows(adapters) as names:
+            yield names
+
     def _forward(
         self,
         ids: torch.Tensor,
@@ -236,19 +280,20 @@ class LocalEngine:
     ) -> tuple[torch.Tensor, Any]:
         from mafl_graph.local.growing_cache import GrowingCache
 
-        model, extra = self.model, {}
-        if self._peft is not None:
-            # Once adapters are injected, every row names one ("__base__" for none).
-            model, extra = self._peft, {"adapter_names": adapters}
-        out = model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-            **{self._cache_kwarg: cache if cache is not None else GrowingCache()},
-            **extra,
-        )
+        with self._rows(adapters) as names:
+            model, extra = self.model, {}
+            if self._peft is not None:
+                # Once adapters are injected, every row names one ("__base__" for none).
+                model, extra = self._peft, {"adapter_names": names}
+            out = model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=1,
+                **{self._cache_kwarg: cache if cache is not None else GrowingCache()},
+                **extra,
+            )
         # Only the name this version returns is read: the old one warns when read.
         cache_name = "cache" if "cache" in out else "past_key_values"
         return out.logits[:, -1, :], out.get(cache_name)
