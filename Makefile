@@ -39,6 +39,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/lora_step.py
 	$(PY) benchmarks/grading_throughput.py
 	$(PY) benchmarks/sandbox_throughput.py
+	$(PY) benchmarks/svf_size.py
+	$(PY) benchmarks/svf_decode.py
 	$(PY) benchmarks/checkpoint_size.py
 	$(PY) benchmarks/answer_save_lag.py
 	$(PY) benchmarks/kill_duplicates.py
