@@ -236,11 +236,12 @@ def test_importing_svf_does_not_import_torch():
 
 @pytest.fixture(scope="module")
 def smol(engine, tmp_path_factory):
-    """A view of the embedded model's weights (not the engine's own modules), and the
-    decomposition of its last two layers' MLPs in a temporary cache."""
-    from mafl_graph.local.loading import share_weights
+    """A fresh view of the embedded model's weights (never the engine's own modules, which
+    hold the LoRA adapters other tests loaded), and the decomposition of its last two layers'
+    MLPs in a temporary cache."""
+    from mafl_graph.local.loading import prepare_model_dir, shared_base
 
-    model = share_weights(engine.model)
+    model = shared_base(prepare_model_dir("smollm2"), "float32")
     start = time.perf_counter()
     decomposition = decompose(
         model, layers=range(-2, 0), cache_dir=tmp_path_factory.mktemp("svf"), progress=False
