@@ -229,28 +229,8 @@ class LocalTuner(TunerBackend):
             # (the PEFT model holds reference cycles): collect them before the next run.
             del model
             release_memory()
-        metrics = {
-            "steps": steps,
-            "examples": len(encoded),
-            "skipped": len(conversations) - len(encoded),
-            "trained_tokens": sum(sum(t != IGNORE for t in labels) for _, labels in encoded),
-            "loss_first": losses[0],
-            "loss_last": losses[-1],
-            "losses": losses,
-            # the first step (allocator and kernel warm-up) is left out, as in the benchmark
-            "seconds_per_step": sum(seconds[1:]) / max(1, len(seconds) - 1)
-            if len(seconds) > 1
-            else seconds[0],
-            "seconds": sum(seconds),
-            "peak_rss_mb": peak_rss_mb(),
-            "base": start,
-        }
-        (staging / "tune_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-        (staging / ADAPTER_METRICS).write_text(json.dumps(metrics, indent=2))
-        shutil.rmtree(out, ignore_errors=True)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, out)
-        return {k: v for k, v in metrics.items() if k != "losses"}
+        metrics = run_metrics(conversations, encoded, losses, seconds, base=start)
+        return publish_run(staging, out, cfg, metrics)
 
     def load(self, start: str, cfg: LocalTuneConfig) -> tuple[Any, Any]:
         """Tokenizer and trainable model: a fresh LoRA on the base, or ``start``'s weights."""
@@ -290,6 +270,43 @@ class LocalTuner(TunerBackend):
         """The model under the adapter: ours when continuing an adapter, else ``start`` itself
         (e.g. a fully fine-tuned model directory that a LoRA now goes on top of)."""
         return self.model_path if _is_adapter(start) else start
+
+
+def run_metrics(
+    conversations: Sequence[Any],
+    encoded: Sequence[Encoded],
+    losses: Sequence[float],
+    seconds: Sequence[float],
+    **extra: Any,
+) -> dict[str, Any]:
+    """What a tuning run measured, saved next to what it trained (``ADAPTER_METRICS``)."""
+    return {
+        "steps": len(losses),
+        "examples": len(encoded),
+        "skipped": len(conversations) - len(encoded),
+        "trained_tokens": sum(sum(t != IGNORE for t in labels) for _, labels in encoded),
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "losses": list(losses),
+        # the first step (allocator and kernel warm-up) is left out, as in the benchmark
+        "seconds_per_step": sum(seconds[1:]) / max(1, len(seconds) - 1)
+        if len(seconds) > 1
+        else seconds[0],
+        "seconds": sum(seconds),
+        "peak_rss_mb": peak_rss_mb(),
+        **extra,
+    }
+
+
+def publish_run(staging: Path, out: Path, cfg: Any, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Write the config and metrics into ``staging`` and move it to ``out`` in one rename, so
+    ``out`` is either a whole run's result or absent; the metrics without the loss curve."""
+    (staging / "tune_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    (staging / ADAPTER_METRICS).write_text(json.dumps(metrics, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staging, out)
+    return {k: v for k, v in metrics.items() if k != "losses"}
 
 
 def _is_adapter(start: str) -> bool:

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -38,14 +36,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from mafl_graph.finetune.tuners.base import TunedModel
 from mafl_graph.finetune.tuners.local import (
-    ADAPTER_METRICS,
-    IGNORE,
     LocalTuner,
     batch_stream,
     causal_lm_loss,
     collate,
     encode,
-    peak_rss_mb,
+    publish_run,
+    run_metrics,
 )
 from mafl_graph.finetune.tuners.options import TuneOptions
 from mafl_graph.local.loading import (
@@ -193,29 +190,10 @@ class SVFTuner(LocalTuner):
             # The merged weights' graph and the optimizer state die with this view of the base.
             del model
             release_memory()
-        metrics = {
-            "steps": steps,
-            "examples": len(encoded),
-            "skipped": len(conversations) - len(encoded),
-            "trained_tokens": sum(sum(t != IGNORE for t in labels) for _, labels in encoded),
-            "trainable_parameters": parameters,
-            "loss_first": losses[0],
-            "loss_last": losses[-1],
-            "losses": losses,
-            # the first step (allocator warm-up) is left out, as in the LoRA tuner
-            "seconds_per_step": sum(seconds[1:]) / max(1, len(seconds) - 1)
-            if len(seconds) > 1
-            else seconds[0],
-            "seconds": sum(seconds),
-            "peak_rss_mb": peak_rss_mb(),
-            "base": start,
-        }
-        (staging / "tune_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-        (staging / ADAPTER_METRICS).write_text(json.dumps(metrics, indent=2))
-        shutil.rmtree(out, ignore_errors=True)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, out)
-        return {k: v for k, v in metrics.items() if k != "losses"}
+        metrics = run_metrics(
+            conversations, encoded, losses, seconds, trainable_parameters=parameters, base=start
+        )
+        return publish_run(staging, out, cfg, metrics)
 
     def load_expert(
         self, model: Any, start: str, cfg: SVFTuneConfig
