@@ -51,6 +51,9 @@ _EXPORTS: dict[str, str] = {
     ),
     **dict.fromkeys(("SVFExpert",), "mafl_graph.svf.expert"),
     **dict.fromkeys(
+        ("ReinforceConfig", "ReinforceResult", "train_reinforce"), "mafl_graph.svf.reinforce"
+    ),
+    **dict.fromkeys(
         (
             "merged_weight",
             "merged_weights",
@@ -68,6 +71,8 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "DEFAULT_TARGETS",
     "Decomposition",
+    "ReinforceConfig",
+    "ReinforceResult",
     "SVFExpert",
     "corrected_linear",
     "decompose",
@@ -80,6 +85,7 @@ __all__ = [
     "select_targets",
     "svf_linear",
     "target_modules",
+    "train_reinforce",
     "use_expert",
     "weights_fingerprint",
 ]
@@ -107,3 +113,4 @@ if TYPE_CHECKING:
         weights_fingerprint,
     )
     from mafl_graph.svf.expert import SVFExpert
+    from mafl_graph.svf.reinforce import ReinforceConfig, ReinforceResult, train_reinforce
