@@ -253,6 +253,32 @@ def iteration_table(
     return console_table({method: records}, wide=wide, title=title)
 
 
+_RUN_REPORTS: dict[str, str] = {"svf_run.json": "mafl_graph.svf.report:write_svf_report"}
+"""Run kinds other than loops and comparisons: the file that marks such a run directory ->
+the ``module:function`` writing its report (``run_dir -> (report path, console table)``)."""
+
+
+def register_run_report(marker: str, writer: str) -> None:
+    """Make :func:`report_run` render run directories holding the file ``marker`` with
+    ``writer``, a ``"module:function"`` path (imported when such a run is reported)."""
+    _RUN_REPORTS[marker] = writer
+
+
+def report_run(run_dir: str | Path, *, wide: bool = False) -> tuple[Path, Table]:
+    """Write ``run_dir``'s report, whatever kind of run it holds; returns its path and a
+    table for the console."""
+    import importlib
+
+    root = Path(run_dir)
+    for marker, writer in _RUN_REPORTS.items():
+        if (root / marker).is_file():
+            module, _, name = writer.partition(":")
+            path, table = getattr(importlib.import_module(module), name)(root)
+            return path, table
+    path = write_report(root)
+    return path, console_table(load_metrics(root), wide=wide, title=str(root))
+
+
 def write_report(run_dir: str | Path) -> Path:
     """The report (markdown, with its metrics as JSON beside it) and the accuracy and
     diversity figures, in ``run_dir``; returns the report's path."""

@@ -17,17 +17,20 @@ WIDE_HELP = "print every column of the table (diversity, tokens, times); report.
 
 @app.command("report")
 def report_command(
-    run_dir: Annotated[Path, Opt(help="a `mafl compare` or `mafl loop` directory")] = Path(
-        "runs/compare"
-    ),
+    run_dir: Annotated[
+        Path, Opt(help="a `mafl compare`, `mafl loop` or `mafl svf ...` directory")
+    ] = Path("runs/compare"),
     wide: Annotated[bool, Opt(help=WIDE_HELP)] = False,
 ) -> None:
-    """Write report.md (Table 1 style, every column), accuracy.png and diversity.png; print
-    the table (compact, 80 columns, unless --wide)."""
-    from mafl_graph.report import console_table, load_metrics, write_report
+    """Write report.md and its figures; print its table (compact, 80 columns, unless --wide).
 
-    path = write_report(run_dir)
-    console.print(console_table(load_metrics(run_dir), wide=wide, title=str(run_dir)))
+    A loop or comparison gets the paper's Table 1 with every column, accuracy.png and
+    diversity.png; an SVF run its accuracies and learning curve.
+    """
+    from mafl_graph.report import report_run
+
+    path, table = report_run(run_dir, wide=wide)
+    console.print(table)
     console.print(f"Wrote {path}.")
 
 

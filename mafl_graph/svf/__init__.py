@@ -50,9 +50,9 @@ _EXPORTS: dict[str, str] = {
         "mafl_graph.svf.decomposition",
     ),
     **dict.fromkeys(("SVFExpert",), "mafl_graph.svf.expert"),
-    **dict.fromkeys(
-        ("ReinforceConfig", "ReinforceResult", "train_reinforce"), "mafl_graph.svf.reinforce"
-    ),
+    **dict.fromkeys(("ReinforceConfig",), "mafl_graph.svf.config"),
+    **dict.fromkeys(("ReinforceResult", "train_reinforce"), "mafl_graph.svf.reinforce"),
+    **dict.fromkeys(("Evaluations", "answer_flags", "train_expert"), "mafl_graph.svf.runs"),
     **dict.fromkeys(
         (
             "merged_weight",
@@ -71,9 +71,11 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "DEFAULT_TARGETS",
     "Decomposition",
+    "Evaluations",
     "ReinforceConfig",
     "ReinforceResult",
     "SVFExpert",
+    "answer_flags",
     "corrected_linear",
     "decompose",
     "layer_count",
@@ -85,6 +87,7 @@ __all__ = [
     "select_targets",
     "svf_linear",
     "target_modules",
+    "train_expert",
     "train_reinforce",
     "use_expert",
     "weights_fingerprint",
@@ -112,5 +115,7 @@ if TYPE_CHECKING:
         select_targets,
         weights_fingerprint,
     )
+    from mafl_graph.svf.config import ReinforceConfig
     from mafl_graph.svf.expert import SVFExpert
-    from mafl_graph.svf.reinforce import ReinforceConfig, ReinforceResult, train_reinforce
+    from mafl_graph.svf.reinforce import ReinforceResult, train_reinforce
+    from mafl_graph.svf.runs import Evaluations, answer_flags, train_expert

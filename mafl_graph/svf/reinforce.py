@@ -43,11 +43,13 @@ import json
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mafl_graph.grading import Verdict
+from mafl_graph.rundir import write_json
+from mafl_graph.svf.config import ReinforceConfig
 from mafl_graph.tasks.base import Problem, Task, grade_answer, task_for
 
 if TYPE_CHECKING:
@@ -62,68 +64,6 @@ RESULT_FILE = "result.json"
 STATE_FILE = "optimizer.pt"
 BEST_DIR = "best"
 LATEST_DIR = "latest"
-DTYPES = ("float32", "bfloat16", "float16")
-
-
-@dataclass(frozen=True)
-class ReinforceConfig:
-    """Every setting of one REINFORCE run; written to ``reinforce_config.json`` in its
-    directory, and a resumed run must have the same."""
-
-    learning_rate: float = field(default=2e-3, metadata={"help": "Adam's (the reference's)."})
-    max_grad_norm: float = field(
-        default=1e-3, metadata={"help": "The gradient norm over all z is clipped to this."}
-    )
-    batch_size: int = field(default=8, metadata={"help": "Training problems per step."})
-    rollouts: int = field(default=1, metadata={"help": "Replies per problem per step."})
-    temperature: float = field(
-        default=0.0, metadata={"help": "0: greedy rollouts (the reference); else sampled."}
-    )
-    max_new_tokens: int = field(default=256, metadata={"help": "Longest reply generated."})
-    kl_coefficient: float = field(
-        default=0.0, metadata={"help": "β on KL(expert ‖ base) over the generated tokens."}
-    )
-    steps: int = field(default=100, metadata={"help": "Optimiser steps at most."})
-    validate_every: int = field(default=10, metadata={"help": "Steps between validations."})
-    patience: int | None = field(
-        default=None,
-        metadata={"help": "Stop after this many validations without improvement; None: never."},
-    )
-    dtype: str = field(default="float32", metadata={"help": "The base's dtype (z stays fp32)."})
-    targets: tuple[str, ...] = field(
-        default=("gate_proj", "up_proj", "down_proj"),
-        metadata={"help": "Linear modules that get a z vector (the reference: the MLP's)."},
-    )
-    layers: tuple[int, ...] | None = field(
-        default=None, metadata={"help": "Layer indices with z vectors (negative from the end)."}
-    )
-    seed: int = field(default=0, metadata={"help": "Seeds z, the batches and the sampling."})
-
-    def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
-        for name in ("batch_size", "rollouts", "max_new_tokens", "steps", "validate_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1; got {getattr(self, name)!r}")
-        if self.patience is not None and self.patience < 1:
-            raise ValueError(f"patience must be at least 1 or None; got {self.patience!r}")
-        for name in ("learning_rate", "max_grad_norm"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive; got {getattr(self, name)!r}")
-        if self.temperature < 0 or self.kl_coefficient < 0:
-            raise ValueError(
-                f"temperature and kl_coefficient must be >= 0; got {self.temperature!r} "
-                f"and {self.kl_coefficient!r}"
-            )
-        if self.rollouts > 1 and self.temperature == 0:
-            raise ValueError(
-                f"rollouts={self.rollouts} greedy replies to one problem are all the same: "
-                "set temperature > 0 to sample them, or rollouts=1"
-            )
-
-    def to_json(self) -> dict[str, Any]:
-        """The settings as JSON values (tuples as lists)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
 @dataclass
@@ -246,14 +186,9 @@ def generate(
 def reward(task: Task, problem: Problem, text: str) -> float:
     """+1 if the task grades ``text``'s answer right, −1 if wrong or unparseable, 0 if its
     grading is undecided (it ran out of time: no evidence either way)."""
-    if problem.answer is None:
-        raise ValueError(
-            f"Problem {problem.id!r} has no reference answer, so its replies cannot be "
-            "rewarded: train on problems with answers"
-        )
-    bound = task_for(task, problem)
-    verdict = grade_answer(bound, bound.extract_answer(text), problem.answer)
-    return {Verdict.EQUIVALENT: 1.0, Verdict.DIFFERENT: -1.0}.get(verdict, 0.0)
+    from mafl_graph.svf.runs import grade_reply
+
+    return {True: 1.0, False: -1.0, None: 0.0}[grade_reply(task, problem, text)]
 
 
 def policy_loss(
@@ -452,7 +387,7 @@ def train_reinforce(
         "start": str(expert) if isinstance(expert, str | Path) else None,
         "config": config.to_json(),
     }
-    _claim(out, settings)
+    claim_settings(out / CONFIG_FILE, settings)
     if (out / RESULT_FILE).is_file():
         return _read_result(out)
 
@@ -542,10 +477,10 @@ def _batch_of(problems: Sequence[Problem], config: ReinforceConfig, step: int) -
     return rng.sample(list(problems), min(config.batch_size, len(problems)))
 
 
-def _claim(out: Path, settings: dict[str, Any]) -> None:
-    """Write the run's settings to ``out``, or check that they are the ones already there."""
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / CONFIG_FILE
+def claim_settings(path: Path, settings: dict[str, Any], *, what: str = "REINFORCE run") -> None:
+    """Write a run's ``settings`` to ``path``, or check that they are the ones already there
+    (a run resumes only with the settings it started with)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_file():
         found = json.loads(path.read_text())
         if found != settings:
@@ -553,13 +488,13 @@ def _claim(out: Path, settings: dict[str, Any]) -> None:
                 k for k in {**found, **settings} if found.get(k) != settings.get(k)
             ) or ["config"]
             raise ValueError(
-                f"{out} holds a REINFORCE run with other settings ({', '.join(differ)}: "
+                f"{path.parent} holds a {what} with other settings ({', '.join(differ)}: "
                 f"{ {k: found.get(k) for k in differ} } there, "
-                f"{ {k: settings.get(k) for k in differ} } now): pass another out_dir, or the "
-                "same settings to resume it"
+                f"{ {k: settings.get(k) for k in differ} } now): pass another directory, or "
+                "the same settings to resume it"
             )
         return
-    path.write_text(json.dumps(settings, indent=2) + "\n")
+    write_json(path, settings)
 
 
 def _checkpoint(

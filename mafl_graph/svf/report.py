@@ -1,0 +1,131 @@
+"""Reports of SVF runs (``mafl report`` on a ``mafl svf ...`` directory): a table for the
+console, ``report.md`` with every number, and the learning curve as ``curve.png``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich import box
+from rich.table import Table
+
+from mafl_graph.rundir import write_json
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+REPORT = "report.md"
+CURVE = "curve.png"
+
+
+def pct(acc: Mapping[str, Any]) -> str:
+    """``32.0 ± 4.7% (32/100)``."""
+    return (
+        f"{100 * acc['mean']:.1f} ± {100 * acc['stderr']:.1f}% "
+        f"({acc.get('correct', '?')}/{acc['n']})"
+    )
+
+
+def difference(diff: Mapping[str, Any]) -> str:
+    """``+6.0 ± 3.1 points (1.9 SE)``: the paired difference and how many standard errors."""
+    se = diff["stderr"]
+    ratio = f"{diff['mean'] / se:+.1f} SE" if se else "no spread"
+    return f"{100 * diff['mean']:+.1f} ± {100 * se:.1f} points ({ratio})"
+
+
+def train_summary_line(summary: Mapping[str, Any]) -> str:
+    """One line: base and expert on the test split, their difference, the best step."""
+    return (
+        f"{summary['task']}: base {pct(summary['base'])}, expert {pct(summary['expert'])}, "
+        f"difference {difference(summary['difference'])}; best step {summary['best_step']} "
+        f"(validation {100 * summary['validation_accuracy']:.1f}%), "
+        f"{summary['seconds_per_step']:.1f} s/step"
+    )
+
+
+def train_rows(summary: Mapping[str, Any]) -> list[dict[str, str]]:
+    return [
+        {"model": "base", "test accuracy": pct(summary["base"]), "vs base": ""},
+        {
+            "model": f"SVF expert (REINFORCE, step {summary['best_step']})",
+            "test accuracy": pct(summary["expert"]),
+            "vs base": difference(summary["difference"]),
+        },
+    ]
+
+
+def markdown(rows: Sequence[Mapping[str, str]]) -> str:
+    """A markdown table of ``rows`` (the keys of the first one are the columns)."""
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def rich_table(rows: Sequence[Mapping[str, str]], title: str) -> Table:
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(row.get(c, "") for c in rows[0]))
+    return table
+
+
+def curve_figure(curve: Sequence[Mapping[str, Any]], title: str) -> Figure:
+    """Validation accuracy (%) at each validation and the mean training reward per step."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 3.6), layout="constrained")
+    ax = fig.subplots()
+    steps = [e["step"] for e in curve]
+    ax.plot(steps, [e["train_reward"] for e in curve], color="0.7", linewidth=1, label="reward")
+    ax.set_xlabel("REINFORCE step")
+    ax.set_ylabel("mean training reward (−1..1)")
+    ax.set_ylim(-1.05, 1.05)
+    right = ax.twinx()
+    validated = [e for e in curve if e.get("validation_accuracy") is not None]
+    right.plot(
+        [e["step"] for e in validated],
+        [100 * e["validation_accuracy"] for e in validated],
+        marker="o",
+        color="tab:blue",
+        label="validation accuracy",
+    )
+    right.set_ylabel("validation accuracy (%)")
+    right.set_ylim(0, 100)
+    fig.legend(loc="outside lower center", ncols=2, frameon=False)
+    ax.set_title(title)
+    return fig
+
+
+def write_svf_report(run_dir: Path) -> tuple[Path, Table]:
+    """``report.md`` (and ``curve.png``) of an SVF run directory; its console table."""
+    import json
+
+    from mafl_graph.svf.runs import RESULT_FILE
+
+    path = run_dir / RESULT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{run_dir} has no {RESULT_FILE} yet: run the same `mafl svf train` command again "
+            "to finish (it resumes)"
+        )
+    summary = json.loads(path.read_text())
+    rows = train_rows(summary)
+    title = f"SVF REINFORCE on {summary['task']} · {run_dir}"
+    text = [
+        f"# {title}\n",
+        f"Greedy accuracy on {summary['n_test']} held-out test problems ± standard error; "
+        "'vs base' is the paired per-problem difference ± its standard error. The expert is "
+        f"the step of best accuracy on {summary['n_validation']} validation problems drawn "
+        f"from the train split ({summary['n_train']} training problems).\n",
+        markdown(rows),
+    ]
+    if summary.get("curve"):
+        curve_figure(summary["curve"], title).savefig(run_dir / CURVE, dpi=120)
+        text.append(f"![learning curve]({CURVE})\n")
+    report = run_dir / REPORT
+    report.write_text("\n".join(text))
+    write_json(run_dir / "report.json", {"rows": rows})
+    return report, rich_table(rows, title)
