@@ -3,6 +3,10 @@
     START ─Send×n─► generate ─► next_round ─Send×n─► summarize ─Send─► critique ─► next_round …
                                      └──────────────────────────────► vote ─► END
 
+A society with self-adaptive agents (:mod:`mafl_graph.svf.adapt`) starts with ``adapt``, the
+first pass that picks each such agent's expert for the problem: ``START ─► adapt ─Send×n─►
+generate …``.
+
 ``next_round`` is the barrier between rounds: it runs once after all agents answered and
 fans the next round out (``Send`` cannot be issued from a node that ran n times in parallel
 without issuing it n times).
@@ -117,6 +121,13 @@ def create_debate_graph(
         builder = StateGraph(
             DebateState, input_schema=DebateInput, output_schema=output_schema(output_key)
         )
+    if nodes.adapts:
+        # The first pass of self-adaptation, its own node (and checkpoint) before round 1.
+        builder.add_node(
+            "adapt",
+            nodes.adapt_node(),
+            retry_policy=retry_policy,
+        )
     builder.add_node("generate", nodes.generate, retry_policy=retry_policy)
     builder.add_node("next_round", nodes.next_round, destinations=("summarize", "critique", "vote"))
     builder.add_node(
@@ -124,7 +135,11 @@ def create_debate_graph(
     )
     builder.add_node("critique", nodes.critique, retry_policy=retry_policy)
     builder.add_node("vote", nodes.vote)
-    builder.add_conditional_edges(START, nodes.fan_out, ["generate"])
+    if nodes.adapts:
+        builder.add_edge(START, "adapt")
+        builder.add_conditional_edges("adapt", nodes.fan_out, ["generate"])
+    else:
+        builder.add_conditional_edges(START, nodes.fan_out, ["generate"])
     builder.add_edge("generate", "next_round")
     builder.add_edge("critique", "next_round")
     builder.add_edge("vote", END)

@@ -45,7 +45,7 @@ try:  # reads the channels from inside a node reached by Send (LangGraph's own e
 except ImportError:  # pragma: no cover - depends on the installed langgraph
     ChannelRead = None  # type: ignore[assignment,misc]
 
-_STATE_KEYS = ["problem_id", "question", "reference", "responses", "summaries"]
+_STATE_KEYS = ["problem_id", "question", "reference", "responses", "summaries", "adaptation"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,8 @@ class _Call:
     task: Task | None = None
     """The task that reads the answer out of the reply (None for a summary: it states none)."""
     follows: int | None = None
+    choice: dict[str, Any] | None = None
+    """The agent's self-adaptation choice for this problem (see :meth:`DebateNodes.adapt`)."""
 
     @property
     def messages(self) -> list[ChatTurn]:
@@ -115,6 +117,58 @@ class DebateNodes:
             goto=[self._turn(node, state, agent, done + 1) for agent in range(len(self.society))]
         )
 
+    # Self-adaptation -------------------------------------------------------------------
+
+    def _dispatchers(self) -> dict[int, Any]:
+        """Each self-adapting agent's dispatcher (its generator's, else its critic's)."""
+        from mafl_graph.svf.adapt import is_self_adaptive
+
+        found = {}
+        for index, agent in enumerate(self.society.agents):
+            for model in (agent.generator, agent.critic):
+                if is_self_adaptive(model):
+                    found[index] = model.dispatcher  # type: ignore[attr-defined]
+                    break
+        return found
+
+    @property
+    def adapts(self) -> bool:
+        """Whether any agent picks an expert per problem (the graph then has an adapt node)."""
+        return bool(self._dispatchers())
+
+    def _adapted(self, choices: dict[int, Any]) -> dict[str, Any]:
+        return {"adaptation": {str(agent): c.as_dict() for agent, c in choices.items()}}
+
+    def adapt(self, state: DebateState) -> dict[str, Any]:
+        """The first pass: each self-adapting agent's expert for this problem, asked once per
+        dispatcher (agents sharing one share its answer) and kept in the state."""
+        check_input(state)
+        asked: dict[int, Any] = {}
+        choices = {}
+        for agent, dispatcher in self._dispatchers().items():
+            if id(dispatcher) not in asked:
+                asked[id(dispatcher)] = dispatcher.choose(state["question"])
+            choices[agent] = asked[id(dispatcher)]
+        return self._adapted(choices)
+
+    async def aadapt(self, state: DebateState) -> dict[str, Any]:
+        check_input(state)
+        asked: dict[int, Any] = {}
+        choices = {}
+        for agent, dispatcher in self._dispatchers().items():
+            if id(dispatcher) not in asked:
+                asked[id(dispatcher)] = await dispatcher.achoose(state["question"])
+            choices[agent] = asked[id(dispatcher)]
+        return self._adapted(choices)
+
+    def adapt_node(self) -> Runnable:
+        """:meth:`adapt` as a node, sync and async."""
+        return _node_runnable(self.adapt, self.aadapt, "adapt")
+
+    @staticmethod
+    def _choice(state: DebateState, agent: int) -> dict[str, Any] | None:
+        return (state.get("adaptation") or {}).get(str(agent))
+
     @staticmethod
     def _turn(node: str, state: DebateState, agent: int, round_: int) -> Send:
         if ChannelRead is None:  # the node cannot read the channels: it gets the state
@@ -151,6 +205,7 @@ class DebateNodes:
             round=1,
             problem_id=state["problem_id"],
             task=task,
+            choice=self._choice(state, agent),
         )
 
     def _plan_summary(self, turn: AgentTurn, state: DebateState) -> _Call:
@@ -187,6 +242,7 @@ class DebateNodes:
             problem_id=state["problem_id"],
             task=self._task(state),
             follows=round_ - 1,
+            choice=self._choice(state, agent),
         )
 
     def _summary(self, turn: AgentTurn, state: DebateState) -> str | None:
@@ -269,6 +325,12 @@ class DebateNodes:
             CONTINUED_KEY: call.role != "summarizer" and call.round < self.rounds,
         }
         tags = [f"role:{call.role}", f"agent:{call.agent}", f"round:{call.round}"]
+        if call.choice is not None:
+            from mafl_graph.svf.adapt import EXPERT_KEY, STRATEGY_KEY
+
+            metadata[EXPERT_KEY] = call.choice["expert"]
+            metadata[STRATEGY_KEY] = call.choice["strategy"]
+            tags.append(f"expert:{call.choice['expert']}")
         if "iteration" in inherited:
             tags.append(f"iteration:{inherited['iteration']}")
         run_name = "summarizer" if call.role == "summarizer" else f"{call.role}[{call.agent}]"
@@ -297,6 +359,8 @@ class DebateNodes:
         )
         if call.follows is not None:
             response["follows"] = call.follows
+        if call.choice is not None:
+            response["expert"] = call.choice["expert"]
         usage = getattr(reply, "usage_metadata", None)
         if usage:
             response["tokens"] = int(usage.get("total_tokens", 0))

@@ -54,6 +54,8 @@ class Response(TypedDict):
     model: str
     tokens: NotRequired[int]
     """Prompt plus reply tokens, where the model reports usage: what the call cost."""
+    expert: NotRequired[str]
+    """The SVF expert that answered (a label, or ``base``), where the agent self-adapts."""
 
 
 class ResponseDelta(TypedDict):
@@ -73,6 +75,7 @@ class ResponseDelta(TypedDict):
     answer: str | None
     model: str
     tokens: NotRequired[int]
+    expert: NotRequired[str]
 
 
 def add_responses(
@@ -157,6 +160,9 @@ class DebateState(DebateInput, total=False):
     """None without a reference, or when grading the consensus ran out of time."""
     undecided: int
     """Grades of the vote (clustering and correctness) that ran out of time."""
+    adaptation: dict[str, dict[str, Any]]
+    """Per agent (its index as a string), the expert its self-adaptive models chose for this
+    problem (:class:`mafl_graph.svf.adapt.Choice` as a dict), written by the ``adapt`` node."""
 
 
 class DebateRecord(TypedDict):

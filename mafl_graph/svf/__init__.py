@@ -106,6 +106,7 @@ if TYPE_CHECKING:
         target_modules,
         use_expert,
     )
+    from mafl_graph.svf.config import ReinforceConfig
     from mafl_graph.svf.decomposition import (
         DEFAULT_TARGETS,
         Decomposition,
@@ -115,7 +116,6 @@ if TYPE_CHECKING:
         select_targets,
         weights_fingerprint,
     )
-    from mafl_graph.svf.config import ReinforceConfig
     from mafl_graph.svf.expert import SVFExpert
     from mafl_graph.svf.reinforce import ReinforceResult, train_reinforce
     from mafl_graph.svf.runs import Evaluations, answer_flags, train_expert

@@ -47,10 +47,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mafl_graph.grading import Verdict
 from mafl_graph.rundir import write_json
 from mafl_graph.svf.config import ReinforceConfig
-from mafl_graph.tasks.base import Problem, Task, grade_answer, task_for
+from mafl_graph.tasks.base import Problem, Task, task_for
 
 if TYPE_CHECKING:
     import torch
