@@ -9,13 +9,12 @@ clustering method sees it.
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-
-from mafl_graph.rundir import _write_text
 
 if TYPE_CHECKING:
     from mafl_graph.tasks.base import Problem
@@ -77,7 +76,7 @@ class Corpus:
     def save(self, path: str | Path) -> None:
         """The documents as JSONL (one line each, truncation noted), written atomically."""
         lines = [json.dumps({**asdict(d), "truncated": d.id in self.truncated}) for d in self]
-        _write_text(Path(path), "".join(line + "\n" for line in lines))
+        write_text_atomic(Path(path), "".join(line + "\n" for line in lines))
 
     @classmethod
     def load(cls, path: str | Path) -> Corpus:
@@ -183,3 +182,11 @@ def corpus_digest(corpus: Corpus) -> str:
     for document in corpus:
         digest.update(json.dumps([document.id, document.text]).encode())
     return digest.hexdigest()
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """``text`` into ``path`` through a temporary file and one rename: whole or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -35,7 +35,7 @@ from typing import Any
 
 from mafl_graph.experts.clustering import ClusterResult, Cost
 from mafl_graph.experts.config import MCEMConfig
-from mafl_graph.experts.corpus import Corpus, check_k, corpus_digest
+from mafl_graph.experts.corpus import Corpus, check_k, corpus_digest, write_text_atomic
 from mafl_graph.rundir import prepare_run_dir
 
 ASSIGNMENTS = "assignments.jsonl"
@@ -279,7 +279,7 @@ class _Run:
                 f"{journal} has {len(lines)} assignments, its checkpoint counts "
                 f"{state['assignments']}; the run directory is damaged: start a new one"
             )
-        _replace_text(journal, "".join(lines[: state["assignments"]]))
+        write_text_atomic(journal, "".join(lines[: state["assignments"]]))
         return state
 
     def _checkpoint(self, state: dict[str, Any], records: Sequence[dict[str, Any]]) -> None:
@@ -356,9 +356,3 @@ def _ids(rows: Sequence[Sequence[int]], pad: int) -> dict[str, Any]:
         "input_ids": torch.tensor([list(r) + [pad] * (width - len(r)) for r in rows]),
         "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]),
     }
-
-
-def _replace_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -96,11 +96,15 @@ class CorpusSettings:
 
 
 def prepare_corpus(run_dir: str | Path, settings: CorpusSettings) -> Corpus:
-    """The run's corpus (and held-out documents), made once and read back after."""
+    """The run's corpus (and held-out documents), made once and read back after.
+
+    The corpus is built before anything is written, so a refused one (too long, too few
+    problems) leaves no trace and the same directory takes other settings.
+    """
     layout = ExpertsLayout(run_dir)
     record = {"kind": "experts", **asdict(settings)}
-    prepare_run_dir(layout.root, record)
-    if layout.corpus.is_file() and layout.marker.is_file():
+    if layout.marker.is_file():
+        prepare_run_dir(layout.root, record)  # refuses other settings
         return Corpus.load(layout.corpus)
     task = build_task(settings)
     tokenizer = None
@@ -112,9 +116,13 @@ def prepare_corpus(run_dir: str | Path, settings: CorpusSettings) -> Corpus:
     corpus = build_corpus(
         task.load(settings.split, settings.n), **options, too_long=settings.too_long
     )
+    held_out = None
     if settings.test_n:
-        held_out = "test" if settings.split != "test" else "train"
-        build_corpus(task.load(held_out, settings.test_n), **options).save(layout.test)
+        split = "test" if settings.split != "test" else "train"
+        held_out = build_corpus(task.load(split, settings.test_n), **options)
+    prepare_run_dir(layout.root, record)
+    if held_out is not None:
+        held_out.save(layout.test)
     corpus.save(layout.corpus)
     write_json(layout.marker, record)  # last: its presence says the corpus is complete
     return corpus
