@@ -109,13 +109,9 @@ def test_domain_classification_grades_labels() -> None:
 
 
 def test_routing_accuracy_counts_experts_and_base() -> None:
-    choices = [Choice("arithmetic", "a", "prompt"), Choice(BASE, None, "prompt")] * 2
-    assert (
-        routing_accuracy(
-            choices, ["arithmetic", "code", "algebra", "arithmetic"], ["arithmetic", "algebra"]
-        )
-        == 0.5
-    )
+    chosen = ["arithmetic", BASE, "arithmetic", BASE]
+    domains = ["arithmetic", "code", "algebra", "arithmetic"]
+    assert routing_accuracy(chosen, domains, ["arithmetic", "algebra"]) == 0.5
 
 
 # CEM ----------------------------------------------------------------------------------------
@@ -148,7 +144,8 @@ def test_cem_searches_saves_resumes_and_refuses(
     experts: dict[str, str], cache: Path, tmp_path: Path
 ) -> None:
     from mafl_graph.svf import SVFExpert
-    from mafl_graph.svf.cem import CEMConfig, few_shot_cem
+    from mafl_graph.svf.cem import few_shot_cem
+    from mafl_graph.svf.config import CEMConfig
 
     task = Arithmetic(terms=2, low=0, high=9, operators="+")
     examples = task.load("train", 2)
@@ -242,3 +239,122 @@ def test_debate_graph_adapts_each_problem_once_and_records_it(experts: dict[str,
     # A society without self-adaptive models has no adapt node.
     plain = create_debate_graph(Society.from_model("local:smollm2", n_agents=2), task)
     assert "adapt" not in plain.compile().get_graph().nodes
+
+
+# The commands -------------------------------------------------------------------------------
+
+MIXED = ["--task", "mixed", "--tasks", "arithmetic,algebra=dm-math:algebra__linear_1d"]
+
+
+def mafl(*args: str):
+    from typer.testing import CliRunner
+
+    from mafl_graph.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_svf_commands_refuse_bad_input_with_exit_2(experts: dict[str, str], tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "svf_config.json").write_text(
+        (Path(experts["algebra"]) / "svf_config.json").read_text()
+    )
+    (corrupt / "svf_expert.safetensors").write_bytes(b"not a safetensors file")
+    cases = {
+        "Unknown domain label(s) 'geometry'": [
+            "svf",
+            "adapt",
+            *MIXED,
+            "--expert",
+            f"geometry={experts['algebra']}",
+        ],
+        "is not an SVF expert directory": [
+            "svf",
+            "adapt",
+            *MIXED,
+            "--expert",
+            f"arithmetic={tmp_path / 'missing'}",
+        ],
+        "is a hosted model": ["svf", "train", "--model", "openai:gpt-4o-mini", "--steps", "1"],
+        "needs --classifier": [
+            "svf",
+            "adapt",
+            *MIXED,
+            "--expert",
+            f"arithmetic={experts['arithmetic']}",
+            "--strategy",
+            "classifier",
+        ],
+        "not label=directory": ["svf", "adapt", *MIXED, "--expert", "arithmetic"],
+    }
+    for expected, args in cases.items():
+        result = mafl(*args, "--run-dir", tmp_path / "run")
+        assert result.exit_code == 2, (expected, result.output)
+        assert expected in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+    # A corrupt expert file, and one made for other targets, are refused when loaded.
+    result = mafl(
+        "svf",
+        "adapt",
+        *MIXED,
+        "--expert",
+        f"arithmetic={corrupt}",
+        "--strategy",
+        "cem",
+        "--population",
+        "1",
+        "--elites",
+        "1",
+        "--generations",
+        "1",
+        "--examples",
+        "1",
+        "--n-test",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--run-dir",
+        tmp_path / "corrupt-run",
+    )
+    assert result.exit_code == 2 and "corrupt" in result.output, result.output
+
+
+def test_svf_adapt_compares_strategies_and_reports(experts: dict[str, str], tmp_path: Path) -> None:
+    args = [
+        "svf",
+        "adapt",
+        *MIXED,
+        "--expert",
+        f"arithmetic={experts['arithmetic']}",
+        "--expert",
+        f"algebra={experts['algebra']}",
+        "--strategy",
+        "prompt,cem",
+        "--population",
+        "2",
+        "--elites",
+        "1",
+        "--generations",
+        "1",
+        "--examples",
+        "2",
+        "--n-test",
+        "4",
+        "--max-new-tokens",
+        "6",
+        "--run-dir",
+        tmp_path,
+    ]
+    result = mafl(*args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "svf_adapt.json").read_text())
+    assert set(summary["rows"]) == {"base", "arithmetic", "algebra", "adapt-prompt", "adapt-cem"}
+    assert sum(summary["rows"]["adapt-prompt"]["routes"].values()) == 4
+    routes = json.loads((tmp_path / "routes" / "prompt.json").read_text())
+    assert all("reply" in r for r in routes.values())
+    again = mafl(*args)  # resumed: everything is read back, nothing asked again
+    assert again.exit_code == 0 and json.loads((tmp_path / "svf_adapt.json").read_text()) == summary
+    report = mafl("report", "--run-dir", tmp_path)
+    assert report.exit_code == 0, report.output
+    assert "few-shot CEM" in (tmp_path / "report.md").read_text()

@@ -11,7 +11,7 @@ import typer
 
 from mafl_graph.cli.app import _Commands, app, console, with_options
 from mafl_graph.config import TaskOptions
-from mafl_graph.svf.config import ReinforceConfig
+from mafl_graph.svf.config import CEMConfig, ReinforceConfig
 
 Opt = typer.Option
 
@@ -83,3 +83,98 @@ def train_command(
 
     console.print(train_summary_line(summary))
     console.print(f"Wrote {run_dir / 'svf_train.json'}.")
+
+
+def parse_experts(pairs: list[str]) -> dict[str, str]:
+    """``["arithmetic=runs/a/reinforce/best", ...]`` -> ``{label: directory}``."""
+    experts: dict[str, str] = {}
+    for pair in pairs:
+        label, sep, directory = pair.partition("=")
+        if not sep or not label.strip() or not directory.strip():
+            raise ValueError(f"--expert {pair!r} is not label=directory")
+        if label.strip() in experts:
+            raise ValueError(f"--expert {label.strip()!r} is given twice")
+        experts[label.strip()] = directory.strip()
+    return experts
+
+
+@svf_app.command("classifier")
+@with_options(task=TaskOptions, config=ReinforceConfig, exclude=("targets", "layers"))
+def classifier_command(
+    task: TaskOptions,
+    config: ReinforceConfig,
+    labels: Annotated[
+        str, Opt(help="the domains to tell apart, comma-separated (the experts' labels)")
+    ],
+    run_dir: Annotated[Path, Opt(help="where the run goes; run again to resume")] = Path(
+        "runs/svf-classifier"
+    ),
+    model: Annotated[str, Opt(help="the local model: smollm2, a GGUF or HF directory")] = (
+        "smollm2"
+    ),
+    layers: Annotated[str | None, Opt(help=LAYERS_HELP)] = None,
+    n_train: Annotated[int, Opt(help="training questions (from the train split)")] = 200,
+    n_validation: Annotated[int, Opt(help="validation questions, from the train split")] = 50,
+    n_test: Annotated[int, Opt(help="held-out test questions")] = 100,
+) -> None:
+    """Train the classification expert of the classifier strategy (REINFORCE on naming each
+    question's domain) on a mixed corpus (--task mixed --tasks ...)."""
+    from mafl_graph.svf.report import train_summary_line
+    from mafl_graph.svf.runs import train_classifier
+
+    config = dataclasses.replace(config, layers=parse_layers(layers))
+    summary = train_classifier(
+        task,
+        [label.strip() for label in labels.split(",") if label.strip()],
+        run_dir,
+        config,
+        model=model,
+        n_train=n_train,
+        n_validation=n_validation,
+        n_test=n_test,
+    )
+    console.print(train_summary_line(summary))
+    console.print(f"Wrote {run_dir / 'svf_train.json'}.")
+
+
+@svf_app.command("adapt")
+@with_options(task=TaskOptions, cem=CEMConfig, exclude=("seed", "max_new_tokens"))
+def adapt_command(
+    task: TaskOptions,
+    cem: CEMConfig,
+    expert: Annotated[
+        list[str], Opt(help="label=directory of an SVF expert, once per expert; label: a domain")
+    ],
+    strategy: Annotated[
+        str, Opt(help="comma-separated: prompt, classifier (needs --classifier), cem")
+    ] = "prompt,cem",
+    classifier: Annotated[
+        Path | None, Opt(help="the classification expert (`mafl svf classifier`)")
+    ] = None,
+    run_dir: Annotated[Path, Opt(help="where the run goes; run again to resume")] = Path(
+        "runs/svf-adapt"
+    ),
+    model: Annotated[str, Opt(help="the local model the experts were made for")] = "smollm2",
+    n_test: Annotated[int, Opt(help="test problems of the mixed corpus")] = 100,
+    max_new_tokens: Annotated[int, Opt(help="longest reply")] = 256,
+    seed: Annotated[int, Opt(help="seeds the corpus and the CEM samples")] = 0,
+) -> None:
+    """Self-adaptation on a mixed corpus: each strategy against the base and every single
+    expert, on the same test problems; writes svf_adapt.json (`mafl report` renders it)."""
+    from mafl_graph.svf.report import adapt_rows, rich_table
+    from mafl_graph.svf.runs import adapt_run
+
+    summary = adapt_run(
+        task,
+        parse_experts(expert),
+        run_dir,
+        strategies=[s.strip() for s in strategy.split(",") if s.strip()],
+        classifier=classifier,
+        cem=dataclasses.replace(cem, seed=seed, max_new_tokens=max_new_tokens),
+        model=model,
+        n_test=n_test,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+    )
+    console.print(rich_table(adapt_rows(summary), f"self-adaptation · {run_dir}"))
+    console.print(f"Wrote {run_dir / 'svf_adapt.json'}.")

@@ -416,12 +416,9 @@ class DomainClassification:
         return answer == reference
 
 
-def routing_accuracy(
-    choices: Sequence[Choice], domains: Sequence[str], labels: Sequence[str]
-) -> float:
-    """The share of problems routed to their own domain's expert; a problem of a domain with
-    no expert among ``labels`` is routed right to the base."""
-    right = sum(
-        c.expert == (d if d in labels else BASE) for c, d in zip(choices, domains, strict=True)
-    )
-    return right / len(choices) if choices else 0.0
+def routing_accuracy(chosen: Sequence[str], domains: Sequence[str], labels: Sequence[str]) -> float:
+    """The share of problems routed to their own domain's expert (``chosen``: the label each
+    problem was routed to); a problem of a domain with no expert among ``labels`` is routed
+    right to the base."""
+    right = sum(c == (d if d in labels else BASE) for c, d in zip(chosen, domains, strict=True))
+    return right / len(chosen) if chosen else 0.0

@@ -70,3 +70,28 @@ class ReinforceConfig:
     def to_json(self) -> dict[str, Any]:
         """The settings as JSON values (tuples as lists)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+@dataclass(frozen=True)
+class CEMConfig:
+    """Settings of one few-shot search (the defaults are Transformer²'s)."""
+
+    population: int = field(default=32, metadata={"help": "Candidates per generation."})
+    elites: int = field(default=6, metadata={"help": "Best candidates the next one is fit to."})
+    generations: int = field(default=50, metadata={"help": "Generations at most."})
+    examples: int = field(default=10, metadata={"help": "Few-shot examples scored."})
+    init_std: float = field(default=0.5, metadata={"help": "The first deviation of each α."})
+    min_std: float = field(default=1e-3, metadata={"help": "Deviations never fall below."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Longest reply scored."})
+    seed: int = field(default=0, metadata={"help": "Seeds the samples."})
+
+    def __post_init__(self) -> None:
+        for name in ("population", "elites", "generations", "examples", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"CEM {name} must be at least 1; got {getattr(self, name)}")
+        if self.elites > self.population:
+            raise ValueError(
+                f"CEM elites ({self.elites}) cannot exceed the population ({self.population})"
+            )
+        if not self.init_std > 0 or not self.min_std > 0:
+            raise ValueError("CEM init_std and min_std must be positive")

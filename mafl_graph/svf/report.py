@@ -129,3 +129,66 @@ def write_svf_report(run_dir: Path) -> tuple[Path, Table]:
     report.write_text("\n".join(text))
     write_json(run_dir / "report.json", {"rows": rows})
     return report, rich_table(rows, title)
+
+
+_ROW_LABELS = {
+    "base": "base",
+    "adapt-prompt": "self-adaptation: prompt dispatch",
+    "adapt-classifier": "self-adaptation: classification expert",
+    "adapt-cem": "self-adaptation: few-shot CEM",
+}
+
+
+def adapt_rows(summary: Mapping[str, Any]) -> list[dict[str, str]]:
+    """One row per model of a self-adaptation run: accuracy, per domain, against the base
+    and the best single expert, and how often dispatch routed a problem to its domain."""
+    rows = []
+    for name, row in summary["rows"].items():
+        label = _ROW_LABELS.get(name, f"expert {name}")
+        if name == summary["best_expert"]:
+            label += " (best single)"
+        routing = row.get("routing_accuracy")
+        rows.append(
+            {
+                "model": label,
+                "accuracy": pct(row["accuracy"]),
+                "per domain": ", ".join(
+                    f"{d} {100 * a['mean']:.0f}%" for d, a in row["by_domain"].items()
+                ),
+                "vs base": "" if name == "base" else difference(row["vs_base"]),
+                "vs best expert": ""
+                if name == summary["best_expert"]
+                else difference(row["vs_best_expert"]),
+                "routed right": "" if routing is None else f"{100 * routing:.0f}%",
+            }
+        )
+    return rows
+
+
+def write_adapt_report(run_dir: Path) -> tuple[Path, Table]:
+    """``report.md`` of a ``mafl svf adapt`` run directory; its console table."""
+    import json
+
+    from mafl_graph.svf.runs import ADAPT_RESULT_FILE
+
+    path = run_dir / ADAPT_RESULT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{run_dir} has no {ADAPT_RESULT_FILE} yet: run the same `mafl svf adapt` command "
+            "again to finish (it resumes)"
+        )
+    summary = json.loads(path.read_text())
+    rows = adapt_rows(summary)
+    title = f"Self-adaptation on {summary['task']} · {run_dir}"
+    text = [
+        f"# {title}\n",
+        f"Greedy accuracy on {summary['n_test']} test problems of the mixed corpus ± standard "
+        "error; differences are paired per problem, ± their standard error. 'routed right': "
+        "the share of problems dispatched to their own domain's expert (or to the base where "
+        "no expert has that domain).\n",
+        markdown(rows),
+    ]
+    report = run_dir / REPORT
+    report.write_text("\n".join(text))
+    write_json(run_dir / "report.json", {"rows": rows})
+    return report, rich_table(rows, title)

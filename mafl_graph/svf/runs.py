@@ -14,8 +14,9 @@ training loop on problems drawn from the train split, never on the test problems
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
 
     from mafl_graph.config import TaskOptions
-    from mafl_graph.svf.reinforce import ReinforceConfig
+    from mafl_graph.svf.config import CEMConfig, ReinforceConfig
 
 RUN_FILE = "svf_run.json"
 RESULT_FILE = "svf_train.json"
@@ -160,15 +161,63 @@ def train_expert(
     Returns (and writes to ``svf_train.json``) the settings, both accuracies, their paired
     difference with its standard error, the learning curve and the cost per step.
     """
-    from mafl_graph.config import LOOP_TASK_DEFAULTS
-    from mafl_graph.local import LocalChatModel
-    from mafl_graph.svf.reinforce import ReinforceConfig, claim_settings, train_reinforce
+    from mafl_graph.svf.config import ReinforceConfig
 
     config = config or ReinforceConfig()
-    model_path = local_model_path(model)
-    task, task_settings = task_options.build(
-        seed=config.seed, defaults=LOOP_TASK_DEFAULTS.get(task_options.task)
+    task, task_settings = _build(task_options, config.seed)
+    return train_on(
+        task,
+        {"task_options": task_settings},
+        run_dir,
+        config,
+        model=model,
+        n_train=n_train,
+        n_validation=n_validation,
+        n_test=n_test,
+        concurrency=concurrency,
+        progress=progress,
     )
+
+
+def train_classifier(
+    task_options: TaskOptions,
+    labels: Sequence[str],
+    run_dir: str | Path,
+    config: ReinforceConfig | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Train the classification expert of :class:`~mafl_graph.svf.adapt.ClassifierDispatch`:
+    REINFORCE on naming each question's domain among ``labels`` (or ``other``), on a mixed
+    corpus (``task_options``: task ``mixed``); like :func:`train_expert` otherwise."""
+    from mafl_graph.svf.adapt import DomainClassification
+    from mafl_graph.svf.config import ReinforceConfig
+
+    config = config or ReinforceConfig(max_new_tokens=12)
+    source, task_settings = _build(task_options, config.seed)
+    check_labels(source, labels)
+    task = DomainClassification(source, tuple(labels))
+    settings = {"task_options": task_settings, "source": source.name, "labels": list(labels)}
+    return train_on(task, settings, run_dir, config, **kwargs)
+
+
+def train_on(
+    task: Task,
+    task_settings: dict[str, Any],
+    run_dir: str | Path,
+    config: ReinforceConfig,
+    *,
+    model: str = "smollm2",
+    n_train: int = 200,
+    n_validation: int = 50,
+    n_test: int = 100,
+    concurrency: int = 16,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """:func:`train_expert` on a task object; ``task_settings`` say how it was made."""
+    from mafl_graph.local import LocalChatModel
+    from mafl_graph.svf.reinforce import claim_settings, train_reinforce
+
+    model_path = local_model_path(model)
     train, validation, test = splits(
         task, n_train=n_train, n_validation=n_validation, n_test=n_test
     )
@@ -176,7 +225,7 @@ def train_expert(
     settings = {
         "kind": "svf-train",
         "task": task.name,
-        "task_options": task_settings,
+        **task_settings,
         "model": model_path,
         "n_train": n_train,
         "n_validation": n_validation,
@@ -224,5 +273,180 @@ def train_expert(
     return summary
 
 
+def _build(task_options: TaskOptions, seed: int) -> tuple[Task, dict[str, Any]]:
+    from mafl_graph.config import LOOP_TASK_DEFAULTS
+
+    return task_options.build(seed=seed, defaults=LOOP_TASK_DEFAULTS.get(task_options.task))
+
+
+def check_labels(task: Any, labels: Sequence[str]) -> None:
+    """Refuse expert labels that are not domains of ``task`` (a mixed corpus), naming them."""
+    domains = getattr(task, "domains", None)
+    if domains is None:
+        raise ValueError(
+            f"Task {task.name!r} has no domains to route between: self-adaptation needs a "
+            "mixed corpus (--task mixed --tasks ...) whose domains the experts are named after"
+        )
+    unknown = [label for label in labels if label not in domains]
+    if unknown:
+        raise ValueError(
+            f"Unknown domain label(s) {', '.join(map(repr, unknown))}: the corpus's domains "
+            f"are {', '.join(domains)}; name each expert after one of them (label=directory)"
+        )
+
+
 def _accuracy(flags: Sequence[bool | None]) -> Accuracy:
     return accuracy(flags, undecided=sum(1 for f in flags if f is None))
+
+
+ADAPT_RUN_FILE = "svf_adapt_run.json"
+ADAPT_RESULT_FILE = "svf_adapt.json"
+STRATEGIES = ("prompt", "classifier", "cem")
+
+
+def adapt_run(
+    task_options: TaskOptions,
+    experts: Mapping[str, str | Path],
+    run_dir: str | Path,
+    *,
+    strategies: Sequence[str] = ("prompt", "cem"),
+    classifier: str | Path | None = None,
+    cem: CEMConfig | None = None,
+    model: str = "smollm2",
+    n_test: int = 100,
+    max_new_tokens: int = 256,
+    seed: int = 0,
+    concurrency: int = 16,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The self-adaptation strategies on a mixed corpus's test problems, against the base and
+    each single expert, all greedy and graded per problem (resumable in ``run_dir``).
+
+    ``experts`` maps domain names of the corpus to expert directories. ``prompt`` dispatches
+    with the base, ``classifier`` with the ``classifier`` expert (:func:`train_classifier`),
+    ``cem`` answers every problem with the mixture the cross-entropy method finds on
+    ``cem.examples`` problems of the corpus's train split (cached in ``run_dir/cem``).
+    """
+    from mafl_graph.local import LocalChatModel
+    from mafl_graph.svf.adapt import (
+        ClassifierDispatch,
+        ExpertLibrary,
+        PromptDispatch,
+        routing_accuracy,
+    )
+    from mafl_graph.svf.cem import few_shot_cem
+    from mafl_graph.svf.config import CEMConfig
+    from mafl_graph.svf.reinforce import claim_settings
+
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown:
+        raise ValueError(f"Unknown strategy {unknown[0]!r}; choose among {', '.join(STRATEGIES)}")
+    if "classifier" in strategies and classifier is None:
+        raise ValueError(
+            "The classifier strategy needs --classifier, an expert from `mafl svf classifier`"
+        )
+    model_path = local_model_path(model)
+    library = ExpertLibrary(experts)
+    task, task_settings = _build(task_options, seed)
+    check_labels(task, library.labels)
+    cem = cem or CEMConfig(max_new_tokens=max_new_tokens, seed=seed)
+    root = Path(run_dir).expanduser()
+    settings = {
+        "kind": "svf-adapt",
+        "task": task.name,
+        "task_options": task_settings,
+        "experts": library.paths,
+        "strategies": list(strategies),
+        "classifier": None if classifier is None else str(classifier),
+        "cem": dataclasses.asdict(cem),
+        "model": model_path,
+        "n_test": n_test,
+        "max_new_tokens": max_new_tokens,
+        "seed": seed,
+    }
+    claim_settings(root / ADAPT_RUN_FILE, settings, what="self-adaptation run")
+    test = task.load("test", n_test)
+    domains = [task.domain_of(p) for p in test]  # type: ignore[attr-defined]
+    greedy = LocalChatModel(model_path=model_path, temperature=0.0, max_new_tokens=max_new_tokens)
+    evaluations = Evaluations(root / EVALUATIONS)
+    flags = {"base": evaluations.flags("base", greedy, task, test, concurrency=concurrency)}
+    for label, path in library.paths.items():
+        flags[label] = evaluations.flags(
+            f"expert-{label}",
+            lambda path=path: greedy.with_adapter(path),  # type: ignore[misc]
+            task,
+            test,
+            concurrency=concurrency,
+        )
+    routes: dict[str, list[str]] = {}
+    for strategy in strategies:
+        if strategy == "cem":
+            found = few_shot_cem(
+                library.paths,
+                task,
+                task.load("train", cem.examples),
+                out_dir=root / "cem",
+                model_path=model_path,
+                config=cem,
+                progress=progress,
+            )
+            choice = {p.id: "cem" for p in test}
+            adapters: dict[str, str | None] = {"cem": str(found.expert_path)}
+        else:
+            dispatch = (
+                PromptDispatch(library, model_path=model_path)
+                if strategy == "prompt"
+                else ClassifierDispatch(library, classifier, model_path=model_path)  # type: ignore[arg-type]
+            )
+            choice = _routes(root / "routes" / f"{strategy}.json", dispatch, test, concurrency)
+            adapters = {label: library.adapter(label) for label in set(choice.values())}
+            routes[strategy] = [choice[p.id] for p in test]
+        for label, adapter in adapters.items():
+            group = [p for p in test if choice[p.id] == label]
+            evaluations.flags(
+                f"adapt-{strategy}",
+                greedy if adapter is None else greedy.with_adapter(adapter),
+                task,
+                group,
+                concurrency=concurrency,
+            )
+        # Every problem is graded by now, each with its chosen expert: this only reads them.
+        flags[f"adapt-{strategy}"] = evaluations.flags(f"adapt-{strategy}", greedy, task, test)
+    best = max(library.labels, key=lambda label: sum(map(bool, flags[label])))
+    rows = {}
+    for name, found_flags in flags.items():
+        row: dict[str, Any] = {
+            "accuracy": _accuracy(found_flags).as_dict(),
+            "by_domain": {
+                d: _accuracy(
+                    [f for f, dd in zip(found_flags, domains, strict=True) if dd == d]
+                ).as_dict()
+                for d in sorted(set(domains))
+            },
+            "vs_base": paired_difference(found_flags, flags["base"]),
+            "vs_best_expert": paired_difference(found_flags, flags[best]),
+        }
+        strategy = name.removeprefix("adapt-")
+        if strategy in routes:
+            row["routing_accuracy"] = routing_accuracy(routes[strategy], domains, library.labels)
+            row["routes"] = {r: routes[strategy].count(r) for r in sorted(set(routes[strategy]))}
+        rows[name] = row
+    summary = {**settings, "best_expert": best, "domains": domains, "rows": rows}
+    write_json(root / ADAPT_RESULT_FILE, summary)
+    return summary
+
+
+def _routes(
+    path: Path, dispatch: Any, problems: Sequence[Problem], concurrency: int
+) -> dict[str, str]:
+    """Each problem's chosen label, asked once and kept in ``path`` with the reply."""
+    import json
+
+    done: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.is_file() else {}
+    todo = [p for p in problems if p.id not in done]
+    for start in range(0, len(todo), CHUNK):
+        chunk = todo[start : start + CHUNK]
+        choices = dispatch.choose_many([p.question for p in chunk], concurrency=concurrency)
+        done.update({p.id: c.as_dict() for p, c in zip(chunk, choices, strict=True)})
+        write_json(path, done)
+    return {p.id: done[p.id]["expert"] for p in problems}
