@@ -72,8 +72,11 @@ def rich_table(rows: Sequence[Mapping[str, str]], title: str) -> Table:
     return table
 
 
-def curve_figure(curve: Sequence[Mapping[str, Any]], title: str) -> Figure:
-    """Validation accuracy (%) at each validation and the mean training reward per step."""
+def curve_figure(
+    curve: Sequence[Mapping[str, Any]], title: str, base: float | None = None
+) -> Figure:
+    """Validation accuracy (%) at each validation and the mean training reward per step;
+    ``base``: the base's test accuracy (%), drawn as a dashed line."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7.0, 3.6), layout="constrained")
@@ -92,7 +95,9 @@ def curve_figure(curve: Sequence[Mapping[str, Any]], title: str) -> Figure:
         color="tab:blue",
         label="validation accuracy",
     )
-    right.set_ylabel("validation accuracy (%)")
+    if base is not None:
+        right.axhline(base, color="tab:blue", linestyle="--", linewidth=1, label="base (test)")
+    right.set_ylabel("accuracy (%)")
     right.set_ylim(0, 100)
     fig.legend(loc="outside lower center", ncols=2, frameon=False)
     ax.set_title(title)
@@ -123,7 +128,8 @@ def write_svf_report(run_dir: Path) -> tuple[Path, Table]:
         markdown(rows),
     ]
     if summary.get("curve"):
-        curve_figure(summary["curve"], title).savefig(run_dir / CURVE, dpi=120)
+        base = 100 * summary["base"]["mean"]
+        curve_figure(summary["curve"], title, base).savefig(run_dir / CURVE, dpi=120)
         text.append(f"![learning curve]({CURVE})\n")
     report = run_dir / REPORT
     report.write_text("\n".join(text))
