@@ -111,6 +111,12 @@ def test_a_mixed_corpus_from_its_text_spec_as_the_cli_gives_it() -> None:
     task = get_task("mixed", tasks="sums=arithmetic, gsm8k", data_dir=str(DATA), seed=3)
     assert task.domains == ("sums", "gsm8k")
     assert {p.id.split(":")[0] for p in task.load("test", 20)} == {"sums", "gsm8k"}
+    # Options in parentheses go to that domain's task.
+    task = Mixed(tasks="sums=arithmetic(terms=2;high=50;operators=+),arithmetic(terms=3 high=9)")
+    assert task.domains == ("sums", "arithmetic")
+    sums, triples = (task.for_problem(Problem(f"{d}:x", "")).task for d in task.domains)
+    assert (sums.terms, sums.high, sums.operators) == (2, 50, "+")
+    assert (triples.terms, triples.high) == (3, 9)
 
 
 @pytest.mark.parametrize(
@@ -121,6 +127,8 @@ def test_a_mixed_corpus_from_its_text_spec_as_the_cli_gives_it() -> None:
         ({"tasks": "arithmetic,mmlu"}, "unknown task 'mmlu'"),
         ({"tasks": "arithmetic:algebra"}, "has no modules"),
         ({"tasks": ""}, "at least one domain"),
+        ({"tasks": "arithmetic(colour=red)"}, "'colour=red' is not key=value with a key"),
+        ({"tasks": "arithmetic(terms=2"}, "not closed"),
         ({"tasks": "arithmetic", "weights": "1,2"}, "2 weight"),
         ({"tasks": "arithmetic", "weights": "x"}, "must be numbers"),
         ({"tasks": "arithmetic,gsm8k", "weights": "0,0"}, "not all zero"),

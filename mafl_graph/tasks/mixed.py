@@ -133,15 +133,16 @@ class Mixed:
     def _build(self, spec: str) -> Task:
         from mafl_graph.tasks import get_task, task_class
 
-        name, _, module = spec.partition(":")
+        spec, _, given = spec.partition("(")
+        name, _, module = spec.strip().partition(":")
         takes = set(inspect.signature(task_class(name)).parameters)
-        options: dict[str, Any] = {}
+        options: dict[str, Any] = _task_options(spec, given, takes)
         if module:
             if "module" not in takes:
                 raise ValueError(f"{spec!r}: task {name!r} has no modules")
             options["module"] = module
         if "seed" in takes:
-            options["seed"] = self.seed
+            options.setdefault("seed", self.seed)
         if "data_dir" in takes and self.data_dir is not None:
             options["data_dir"] = self.data_dir
         return get_task(name, **options)
@@ -206,9 +207,11 @@ def _parse_tasks(tasks: str | Mapping[str, Task | str]) -> dict[str, Task | str]
         for item in (part.strip() for part in tasks.split(",")):
             if not item:
                 continue
-            domain, sep, spec = item.partition("=")
-            if not sep:
-                domain, spec = item.partition(":")[2] or item, item
+            head = item.partition("(")[0]  # options in parentheses may hold "=" too
+            if "=" in head:
+                domain, spec = item.split("=", 1)
+            else:
+                domain, spec = head.partition(":")[2] or head, item
             if domain.strip() in parsed:
                 raise ValueError(f"domain {domain.strip()!r} is named twice in {tasks!r}")
             parsed[domain.strip()] = spec.strip()
@@ -222,6 +225,32 @@ def _parse_tasks(tasks: str | Mapping[str, Task | str]) -> dict[str, Task | str]
                 "problem ids as '<domain>:<id>')"
             )
     return dict(tasks)
+
+
+def _task_options(spec: str, given: str, takes: set[str]) -> dict[str, Any]:
+    """``terms=2;high=50;operators=+`` (what followed the parenthesis) as constructor options:
+    numbers where they parse as numbers, else text."""
+    if not given:
+        return {}
+    if not given.rstrip().endswith(")"):
+        raise ValueError(f"{spec}({given}: the options in parentheses are not closed")
+    options: dict[str, Any] = {}
+    for part in re.split(r"[;\s]+", given.rstrip()[:-1].strip()):
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or key not in takes - {"module"}:
+            raise ValueError(
+                f"{spec}: option {part!r} is not key=value with a key the task takes "
+                f"({', '.join(sorted(takes - {'module'}))})"
+            )
+        for kind in (int, float):
+            try:
+                options[key] = kind(value)
+                break
+            except ValueError:
+                options[key] = value
+    return options
 
 
 def _parse_weights(
