@@ -42,6 +42,12 @@ class DebateSettings(TypedDict, total=False):
     max_tokens: int
     temperature: float
     seed: int
+    experts: str
+    """SVF experts as ``label=directory`` pairs separated by commas: every agent then
+    self-adapts, its expert picked per problem in the graph's ``adapt`` node (local models)."""
+    classifier: str
+    """With ``experts``: a classification expert's directory to pick them (default: the base
+    is asked, prompt dispatch)."""
 
 
 DEFAULTS: DebateSettings = {
@@ -90,6 +96,33 @@ def _settings(configurable: Mapping[str, Any]) -> dict[str, Any]:
     return settings
 
 
+def _self_adaptive(settings: Mapping[str, Any], options: Mapping[str, Any]) -> Any:
+    """The agents' model when ``experts`` are configured: a self-adaptive local model."""
+    from mafl_graph.svf.adapt import (
+        ClassifierDispatch,
+        ExpertLibrary,
+        PromptDispatch,
+        SelfAdaptiveChatModel,
+    )
+    from mafl_graph.svf.runs import local_model_path
+
+    pairs = [p.strip() for p in str(settings["experts"]).split(",") if p.strip()]
+    malformed = [p for p in pairs if "=" not in p]
+    if malformed:
+        raise ValueError(f"configurable 'experts' must be label=directory pairs; got {malformed}")
+    library = ExpertLibrary(dict(p.split("=", 1) for p in pairs))
+    model_path = local_model_path(str(settings["model"]))
+    classifier = settings.get("classifier")
+    dispatcher = (
+        ClassifierDispatch(library, classifier, model_path=model_path)
+        if classifier
+        else PromptDispatch(library, model_path=model_path)
+    )
+    kwargs = {"max_new_tokens": options["max_tokens"]} if "max_tokens" in options else {}
+    kwargs.update({k: options[k] for k in ("temperature", "seed") if k in options})
+    return SelfAdaptiveChatModel(dispatcher=dispatcher, model_path=model_path, **kwargs)
+
+
 def _as_bool(value: Any) -> bool:
     if isinstance(value, str):  # Studio's form may send "false"
         if value.lower() not in ("true", "false", "1", "0"):
@@ -102,8 +135,11 @@ def _build(settings: Mapping[str, Any], *, name: str) -> CompiledStateGraph:
     model_options = {k: settings[k] for k in ("max_tokens", "temperature") if k in settings}
     if str(settings["model"]).startswith("local:"):
         model_options["seed"] = settings["seed"]
+    model = settings["model"]
+    if settings.get("experts"):
+        model, model_options = _self_adaptive(settings, model_options), {}
     society = Society.from_model(
-        settings["model"],
+        model,
         settings["agents"],
         summarizer=settings.get("summarizer_model"),
         **model_options,

@@ -358,3 +358,20 @@ def test_svf_adapt_compares_strategies_and_reports(experts: dict[str, str], tmp_
     report = mafl("report", "--run-dir", tmp_path)
     assert report.exit_code == 0, report.output
     assert "few-shot CEM" in (tmp_path / "report.md").read_text()
+
+
+def test_studio_graph_with_experts_self_adapts(experts: dict[str, str]) -> None:
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "graphs" / "debate.py"
+    spec = importlib.util.spec_from_file_location("studio_graphs", path)
+    assert spec is not None and spec.loader is not None
+    graphs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(graphs)
+    pairs = ",".join(f"{label}={path}" for label, path in experts.items())
+    graph = graphs.make_graph({"configurable": {"experts": pairs, "agents": 2}})
+    assert "adapt" in graph.get_graph().nodes
+    with pytest.raises(ValueError, match="label=directory"):
+        graphs.make_graph({"configurable": {"experts": "nonsense"}})
+    with pytest.raises(ValueError, match="hosted model"):
+        graphs.make_graph({"configurable": {"experts": pairs, "model": "openai:gpt-4o-mini"}})
