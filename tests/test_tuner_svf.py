@@ -161,3 +161,19 @@ def test_the_cli_tunes_each_agent_with_svf(engine, tmp_path):
         assert model.backend == "svf" and (Path(model.model) / "svf_config.json").is_file()
     config = json.loads((tmp_path / "tuning/iter1/svf-config.json").read_text())
     assert config["max_steps"] == 1 and config["learning_rate"] == 2e-3
+
+
+def test_an_svf_boosted_base_starts_the_loop_with_svf_and_is_refused_for_lora(first, tmp_path):
+    """Boost, then multiagent fine-tuning: `--tuner svf --base <expert>` serves the untuned
+    society from the expert and continues it in iteration 1; LoRA cannot start from one."""
+    from mafl_graph.finetune.tuners.svf import SVFTuner
+
+    run, dataset, config, tuned, _, _ = first
+    boosted = LoopConfig.of(model="local:smollm2", tuner="svf", base=tuned.model, agents=2)
+    parts = boosted.build()
+    assert {a.generator.adapter for a in parts.society.agents} == {tuned.model}
+    assert parts.settings["serving"] == {"adapter": tuned.model}
+    tuner = parts.tuner(tmp_path, iteration=1)
+    assert isinstance(tuner, SVFTuner) and tuner.default_base == tuned.model
+    with pytest.raises(ValueError, match="is an SVF expert: LoRA and full fine-tuning"):
+        LoopConfig.of(model="local:smollm2", base=tuned.model).build()

@@ -123,6 +123,15 @@ class LocalTuner(TunerBackend):
         check_dtype(self.config.dtype)
 
     @classmethod
+    def check_options(cls, options: TuneOptions) -> None:
+        if options.base and (Path(options.base).expanduser() / "svf_config.json").is_file():
+            raise ValueError(
+                f"--base {options.base} is an SVF expert: LoRA and full fine-tuning start from "
+                "a model, and the engine serves one adapter per request; continue an "
+                "SVF-boosted base with --tuner svf"
+            )
+
+    @classmethod
     def _config_from_options(cls, options: TuneOptions, seed: int) -> LocalTuneConfig:
         default = LocalTuneConfig()
         return LocalTuneConfig(

@@ -129,6 +129,13 @@ class SVFTuner(LocalTuner):
             )
 
     @classmethod
+    def serving(cls, options: TuneOptions) -> dict[str, Any]:
+        """An SVF expert as ``--base`` (a base boosted before multiagent fine-tuning, e.g. by
+        `mafl svf train`) is what the untuned society answers with, and what iteration 1
+        continues training."""
+        return {"adapter": options.base} if options.base and _is_expert(options.base) else {}
+
+    @classmethod
     def check_served(cls, tuned: TunedModel) -> None:
         if not (Path(tuned.model).expanduser() / EXPERT_CONFIG).is_file():
             raise FileNotFoundError(
