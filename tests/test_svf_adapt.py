@@ -375,3 +375,24 @@ def test_studio_graph_with_experts_self_adapts(experts: dict[str, str]) -> None:
         graphs.make_graph({"configurable": {"experts": "nonsense"}})
     with pytest.raises(ValueError, match="hosted model"):
         graphs.make_graph({"configurable": {"experts": pairs, "model": "openai:gpt-4o-mini"}})
+
+
+@pytest.mark.parametrize(
+    ("text", "layers"),
+    [("-6:", (-6, -5, -4, -3, -2, -1)), ("0,3", (0, 3)), ("2:5", (2, 3, 4)), (None, None)],
+)
+def test_layer_options(text: str | None, layers: tuple[int, ...] | None) -> None:
+    from mafl_graph.cli.svf import parse_layers
+
+    assert parse_layers(text) == layers
+
+
+def test_layer_and_expert_options_refuse_nonsense() -> None:
+    from mafl_graph.cli.svf import parse_experts, parse_layers
+
+    for text in ("3:", "a,b", "1-4"):
+        with pytest.raises(ValueError, match="--layers"):
+            parse_layers(text)
+    with pytest.raises(ValueError, match="given twice"):
+        parse_experts(["a=x", "a=y"])
+    assert parse_experts(["sums = runs/a"]) == {"sums": "runs/a"}
