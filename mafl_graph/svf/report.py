@@ -73,10 +73,14 @@ def rich_table(rows: Sequence[Mapping[str, str]], title: str) -> Table:
 
 
 def curve_figure(
-    curve: Sequence[Mapping[str, Any]], title: str, base: float | None = None
+    curve: Sequence[Mapping[str, Any]],
+    title: str,
+    base: float | None = None,
+    base_validation: float | None = None,
 ) -> Figure:
     """Validation accuracy (%) at each validation and the mean training reward per step;
-    ``base``: the base's test accuracy (%), drawn as a dashed line."""
+    ``base``: the base's test accuracy (%), drawn as a dashed line; ``base_validation``: the
+    base's validation accuracy (%), the curve's point at step 0."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7.0, 3.6), layout="constrained")
@@ -88,9 +92,11 @@ def curve_figure(
     ax.set_ylim(-1.05, 1.05)
     right = ax.twinx()
     validated = [e for e in curve if e.get("validation_accuracy") is not None]
+    start = [] if base_validation is None else [(0, base_validation)]
+    points = start + [(e["step"], 100 * e["validation_accuracy"]) for e in validated]
     right.plot(
-        [e["step"] for e in validated],
-        [100 * e["validation_accuracy"] for e in validated],
+        [step for step, _ in points],
+        [value for _, value in points],
         marker="o",
         color="tab:blue",
         label="validation accuracy",
@@ -127,9 +133,17 @@ def write_svf_report(run_dir: Path) -> tuple[Path, Table]:
         f"from the train split ({summary['n_train']} training problems).\n",
         markdown(rows),
     ]
+    if "base_validation" in summary:
+        text.append(
+            f"The base on the validation problems: {pct(summary['base_validation'])}; the "
+            f"expert kept: {100 * summary['validation_accuracy']:.1f}% there.\n"
+        )
     if summary.get("curve"):
         base = 100 * summary["base"]["mean"]
-        curve_figure(summary["curve"], title, base).savefig(run_dir / CURVE, dpi=120)
+        start = summary.get("base_validation")
+        curve_figure(
+            summary["curve"], title, base, None if start is None else 100 * start["mean"]
+        ).savefig(run_dir / CURVE, dpi=120)
         text.append(f"![learning curve]({CURVE})\n")
     report = run_dir / REPORT
     report.write_text("\n".join(text))

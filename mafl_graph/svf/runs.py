@@ -250,6 +250,10 @@ def train_on(
     )
     evaluations = Evaluations(root / EVALUATIONS)
     base = evaluations.flags("base", greedy, task, test, concurrency=concurrency)
+    # The base on the validation problems: where the learning curve starts.
+    base_validation = evaluations.flags(
+        "base-validation", greedy, task, validation, concurrency=concurrency
+    )
     tuned = evaluations.flags(
         "expert",
         lambda: greedy.with_adapter(result.expert_path),
@@ -260,6 +264,7 @@ def train_on(
     summary = {
         **settings,
         "base": _accuracy(base).as_dict(),
+        "base_validation": _accuracy(base_validation).as_dict(),
         "expert": _accuracy(tuned).as_dict(),
         "difference": paired_difference(tuned, base),
         "expert_path": str(result.expert_path),
