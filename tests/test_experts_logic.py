@@ -465,3 +465,41 @@ def test_cli_refuses_too_long_documents_listing_them_and_writes_nothing(cli, tmp
     assert not run.exists() or not any(run.iterdir())
     truncated = cli("corpus", *args, "--max-tokens", "3")
     assert truncated.exit_code == 0 and "6 truncated to 3 tokens" in truncated.output
+
+
+def test_the_experts_help_imports_none_of_the_heavy_libraries():
+    import subprocess
+    import sys
+
+    heavy = ["torch", "transformers", "datasets", "sympy", "peft", "sklearn"]
+    code = (
+        "import sys, json\n"
+        "import mafl_graph.cli.experts\n"
+        "from mafl_graph.cli.app import app\n"
+        "for args in (['experts', '--help'], ['experts', 'cluster', '--help']):\n"
+        "    try:\n"
+        "        app(args)\n"
+        "    except SystemExit as exit:\n"
+        "        assert exit.code == 0, (args, exit.code)\n"
+        f"print(json.dumps([m for m in {heavy!r} if m in sys.modules]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout.splitlines()[-1]) == []
+
+
+def test_specialisation_tables_compare_each_methods_best_expert_with_the_single_model():
+    from mafl_graph.experts.report import best_expert_ratios
+    from mafl_graph.experts.specialisation import matrix_table
+
+    perplexity = {
+        "base": {"a": 5.0, "b": 4.0},
+        "single/expert0": {"a": 2.0, "b": 4.0},
+        "x/expert0": {"a": 1.0, "b": 8.0},
+        "x/expert1": {"a": 4.0, "b": 2.0},
+    }
+    assert best_expert_ratios(perplexity) == {"x": {"a": 0.5, "b": 0.5}}
+    assert best_expert_ratios({"base": {"a": 1.0}}) == {}
+    table = matrix_table(perplexity)
+    assert "| x/expert0 | **1.00** | 8.00 |" in table
+    assert "| single/expert0 | 2.00 | 4.00 |" in table
+    assert "| s | 50% |" in matrix_table({"s": {"a": 0.5}}, percent=True, best="max")

@@ -135,7 +135,8 @@ def cluster_command(
             mc_em=mc_em,
             union_find=union_find,
             chat_model=chat,
-            chat_model_name=model,
+            # in the manifest: a rerun asking another model, or the same one otherwise, is refused
+            chat_model_name=f"{model} temperature={chat_temperature} max_tokens={chat_max_tokens}",
         )
     console.print(console_table(quality_rows(results, corpus.domains), title=str(run_dir)))
 

@@ -124,6 +124,14 @@ def write_experts_report(run_dir: str | Path) -> tuple[Path, Table]:
             "`base` the untuned model.\n",
             matrix_table(specialisation["perplexity"]) + "\n",
         ]
+        ratios = best_expert_ratios(specialisation["perplexity"])
+        if ratios:
+            text += [
+                "Each method's best expert on each domain, as a fraction of the single model's "
+                "perplexity (below 1: some expert of that method beats the single model there; "
+                "choosing the best expert per domain uses the domain labels):\n",
+                matrix_table(ratios) + "\n",
+            ]
         if specialisation.get("accuracy"):
             text += [
                 "Greedy accuracy:\n",
@@ -137,6 +145,26 @@ def write_experts_report(run_dir: str | Path) -> tuple[Path, Table]:
     report_json = {"quality": rows, "specialisation": specialisation}
     layout.report.with_suffix(".json").write_text(json.dumps(report_json, indent=2) + "\n")
     return layout.report, console_table(rows, title=str(layout.root))
+
+
+def best_expert_ratios(
+    perplexity: Mapping[str, Mapping[str, float]], single: str = "single/expert0"
+) -> dict[str, dict[str, float]]:
+    """``{method: {domain: min over its experts of ppl / the single model's ppl}}``."""
+    if single not in perplexity:
+        return {}
+    methods: dict[str, list[str]] = {}
+    for name in perplexity:
+        method, sep, _ = name.partition("/")
+        if sep and name != single:
+            methods.setdefault(method, []).append(name)
+    return {
+        method: {
+            domain: min(perplexity[e][domain] for e in experts) / value
+            for domain, value in perplexity[single].items()
+        }
+        for method, experts in methods.items()
+    }
 
 
 def _specialisation(layout: ExpertsLayout) -> dict[str, dict[str, dict[str, float]]]:
