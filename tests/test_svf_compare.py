@@ -159,29 +159,35 @@ def test_a_rerun_trains_and_grades_nothing_and_other_settings_are_refused(compar
 
 
 @pytest.mark.integration
-def test_full_fine_tuning_trains_every_weight_in_its_own_process(engine, tmp_path):
+def test_a_full_fine_tune_is_configured_counted_and_served_as_a_model_of_its_own(engine, tmp_path):
+    """Full fine-tuning's own training is the local tuner's (tests/test_tuner_local.py); here
+    what the harness adds: its config, counting a whole model's weights, serving the model."""
     from mafl_graph.local import LocalChatModel
+    from mafl_graph.local.loading import prepare_model_dir
 
-    task = compare.parse_domain("arithmetic").task
-    dataset = compare._write_dataset(
-        tmp_path / "arithmetic.openai.jsonl",
-        compare.training_records(task, task.load("train", 2)),
+    configs = compare.tune_configs(
+        ["lora", "full"], **{**SETTINGS, "learning_rates": compare.LEARNING_RATES}
     )
-    (config,) = compare.tune_configs(
-        ["full"], **{**SETTINGS, "learning_rates": compare.LEARNING_RATES}
-    ).values()
-    record = compare.train_method(tmp_path, "arithmetic", "full", config, "smollm2", dataset)
-    assert record == json.loads((tmp_path / "training/arithmetic/full.json").read_text())
-    assert not list(tmp_path.glob("training/arithmetic/full.*.*"))  # no job or error file left
-    embeddings = 49152 * HIDDEN  # tied to the output layer: saved, and counted, once
-    assert record["trainable_parameters"] > 134_000_000 > embeddings
-    assert record["file_bytes"] > 4 * record["trainable_parameters"]  # float32, every weight
-    # Its optimiser holds two moments per weight besides the weights and their gradients.
-    assert record["peak_rss_mb"] > 16 * record["trainable_parameters"] / 2**20
-    served = compare._serve(record, "float32", 4)  # built, not run: a model of its own
+    assert configs["full"]["full"] is True and configs["lora"]["full"] is False
+    assert configs["full"]["learning_rate"] == 2e-5 and configs["lora"]["lora_alpha"] == 4
+    # A whole model directory (the base as saved): every weight once, the tied output too.
+    model = prepare_model_dir("smollm2")
+    assert compare.saved_parameters(model) == 134_515_008
+    record = {
+        "tuned": {
+            "agent": 0,
+            "role": "generator",
+            "backend": "local",
+            "model": str(model),
+            "base": "smollm2",
+            "options": {"model_path": "smollm2", "full": True},
+        }
+    }
+    served = compare._serve(record, "float32", 4)  # built, not run
     assert isinstance(served, LocalChatModel) and served.adapter is None
-    assert served.model_path == record["tuned"]["model"]
-    assert (Path(served.model_path) / "config.json").is_file()
+    assert (served.model_path, served.max_new_tokens, served.temperature) == (str(model), 4, 0.0)
+    with pytest.raises(FileNotFoundError, match="holds no safetensors file"):
+        compare.saved_parameters(tmp_path)
 
 
 SETTINGS = {
@@ -251,6 +257,8 @@ def test_a_training_without_its_record_starts_over_and_a_failed_one_says_why(tmp
         (["--learning-rate", "lora"], "--learning-rate 'lora' is not method=number"),
         (["--learning-rate", "dora=1e-3"], "learning rate for unknown method 'dora'"),
         (["--n-train", "0"], "n_train must be at least 1; got 0"),
+        (["--dtype", "float8"], "dtype must be one of float32, bfloat16, float16; got 'float8'"),
+        (["--layers", "29,30"], "Layer 30 is out of range: the model has 30 layers"),
     ],
 )
 def test_bad_input_exits_2_naming_the_value_and_writes_nothing(args, expected, tmp_path):

@@ -10,8 +10,10 @@ import typer
 
 from mafl_graph.cli.app import console
 from mafl_graph.cli.svf import LAYERS_HELP, parse_layers, svf_app
+from mafl_graph.svf.compare import LEARNING_RATES, METHODS
 
 Opt = typer.Option
+RATES = ", ".join(f"{method}={rate:g}" for method, rate in LEARNING_RATES.items())
 
 
 def parse_rates(pairs: list[str]) -> dict[str, float]:
@@ -33,13 +35,13 @@ def compare_command(
     domain: Annotated[
         list[str],
         Opt(
-            help="a domain, [label=]task[:module] (e.g. add=dm-math:arithmetic__add_or_sub); "
-            "once per domain"
+            help="a domain: task, task:module or label=task:module (e.g. "
+            "add=dm-math:arithmetic__add_or_sub); once per domain"
         ),
     ],
     methods: Annotated[
         str, Opt(help="comma-separated among base, svf, lora, full (the base is always graded)")
-    ] = "base,svf,lora,full",
+    ] = ",".join(METHODS),
     run_dir: Annotated[Path, Opt(help="where the run goes; run again to resume")] = Path(
         "runs/svf-compare"
     ),
@@ -54,8 +56,7 @@ def compare_command(
     ),
     batch_size: Annotated[int, Opt(help="examples per step")] = 8,
     learning_rate: Annotated[
-        list[str] | None,
-        Opt(help="method=rate, once per method to change (default svf 2e-3, lora 3e-4, full 2e-5)"),
+        list[str] | None, Opt(help=f"method=rate, once per method to change; default {RATES}")
     ] = None,
     lora_r: Annotated[int, Opt(help="LoRA rank (alpha is twice it)")] = 16,
     layers: Annotated[str | None, Opt(help="SVF: " + LAYERS_HELP)] = None,

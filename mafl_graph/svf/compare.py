@@ -63,9 +63,9 @@ BACKENDS: dict[str, tuple[str, dict[str, Any]]] = {
 """Each tuned method: the registered tuner that trains it, and its config's own settings."""
 LEARNING_RATES = {"svf": 2e-3, "lora": 3e-4, "full": 2e-5}
 """SVF: the Transformer² reference's Adam rate; LoRA: the local tuner's default. Full
-fine-tuning moves every weight at once, so it takes a rate about a hundred times smaller, as
-supervised fine-tuning of a whole small model usually does: at LoRA's rate its first steps
-wreck what the base knows."""
+fine-tuning moves every weight with nothing like LoRA's low rank and alpha/r scale to bound
+the update, so it takes a rate about fifteen times smaller, in the range commonly used to
+fine-tune whole small models. Each can be set (``learning_rates``)."""
 _AGENT: Final = 0
 _ROLE: Final = "generator"
 
@@ -240,26 +240,20 @@ def compare_tuning(
     from mafl_graph.svf.runs import Evaluations, local_model_path, paired_difference
 
     tuned = _check_methods(methods)
-    rates = {**LEARNING_RATES, **(learning_rates or {})}
-    if unknown := sorted(set(learning_rates or {}) - set(TUNED)):
-        raise ValueError(
-            f"learning rate for unknown method {unknown[0]!r}; set one for {', '.join(TUNED)}"
-        )
-    for name, value in (("n_train", n_train), ("n_test", n_test), ("batch_size", batch_size)):
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1; got {value}")
-    for name, value in (("max_new_tokens", max_new_tokens), ("lora_r", lora_r)):
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1; got {value}")
-    if max_steps is not None and max_steps < 1:
-        raise ValueError(f"max_steps must be at least 1 or None; got {max_steps}")
-    if not epochs > 0:
-        raise ValueError(f"epochs must be positive; got {epochs}")
-    if bad := [f"{m}={r}" for m, r in rates.items() if not r > 0]:
-        raise ValueError(f"learning rates must be positive; got {', '.join(bad)}")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    rates = _check_settings(
+        learning_rates or {},
+        n_train=n_train,
+        n_test=n_test,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        lora_r=lora_r,
+        max_steps=max_steps,
+        epochs=epochs,
+        dtype=dtype,
+    )
     model_path = local_model_path(model)
+    if "svf" in tuned and svf_layers is not None:
+        _check_layers(model_path, svf_layers)
     if not domains:
         raise ValueError("name at least one domain, e.g. --domain arithmetic")
     parsed = [parse_domain(spec, seed=seed, data_dir=data_dir) for spec in domains]
@@ -299,6 +293,8 @@ def compare_tuning(
     for d in parsed:
         dataset = _write_dataset(root / "datasets" / f"{d.label}.openai.jsonl", records[d.label])
         for method in tuned:
+            if progress and not record_path(root, d.label, method).is_file():
+                print(f"training {method} on {d.label}, in a process of its own", file=sys.stderr)
             train_method(root, d.label, method, configs[method], model_path, dataset, progress)
 
     from mafl_graph.local import LocalChatModel
@@ -358,6 +354,44 @@ def _check_methods(methods: Sequence[str]) -> list[str]:
             f"methods {', '.join(methods) or '(none)'} tune nothing; add svf, lora or full"
         )
     return tuned
+
+
+def _check_settings(
+    learning_rates: Mapping[str, float],
+    *,
+    max_steps: int | None,
+    epochs: float,
+    dtype: str,
+    **counts: int,
+) -> dict[str, float]:
+    """Each method's learning rate (:data:`LEARNING_RATES` overridden by ``learning_rates``);
+    a setting out of range is refused, named with its value."""
+    if unknown := sorted(set(learning_rates) - set(TUNED)):
+        raise ValueError(
+            f"learning rate for unknown method {unknown[0]!r}; set one for {', '.join(TUNED)}"
+        )
+    rates = {**LEARNING_RATES, **learning_rates}
+    if bad := [f"{m}={r}" for m, r in rates.items() if not r > 0]:
+        raise ValueError(f"learning rates must be positive; got {', '.join(bad)}")
+    for name, value in counts.items():
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1; got {value}")
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be at least 1 or None; got {max_steps}")
+    if not epochs > 0:
+        raise ValueError(f"epochs must be positive; got {epochs}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    return rates
+
+
+def _check_layers(model_path: str, layers: Sequence[int]) -> None:
+    """Refuse SVF layers the model does not have (read from its config, no weights loaded)."""
+    from mafl_graph.local.loading import prepare_model_dir
+    from mafl_graph.svf.decomposition import normalize_layers
+
+    config = json.loads((prepare_model_dir(model_path) / "config.json").read_text())
+    normalize_layers(layers, int(config["num_hidden_layers"]))
 
 
 def _problems(domain: Domain, n_train: int, n_test: int) -> tuple[list[Problem], list[Problem]]:
