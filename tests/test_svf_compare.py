@@ -113,6 +113,7 @@ def test_each_method_tunes_on_the_same_data_and_is_graded_against_the_base(compa
             diff = [bool(flags[method][i]) - bool(flags["base"][i]) for i in ids]
             assert row["vs_base"]["mean"] == pytest.approx(sum(diff) / 3)
             assert row["steps"] == 1 and 0 < row["train_seconds"] < row["wall_seconds"]
+            assert row["loss_first"] == row["loss_last"] > 0  # one step's real loss
             # A process that loaded the model and trained: hundreds of MB, not the parent's.
             assert 400 < row["peak_rss_mb"] < 8000
             out = Path(

@@ -600,16 +600,20 @@ def compare_rows(summary: Mapping[str, Any]) -> list[dict[str, str]]:
                     "vs base": difference(row["vs_base"]) if tuned else "",
                     "trainable params": f"{row['trainable_parameters']:,}",
                     "train time": (
-                        f"{row['train_seconds']:.1f} s ({row['steps']} steps; "
+                        f"{row['train_seconds']:.1f} s ({_count(row['steps'], 'step')}; "
                         f"wall {row['wall_seconds']:.0f} s)"
                         if tuned
                         else ""
                     ),
-                    "peak memory": f"{row['peak_rss_mb'] / 1024:.2f} GB" if tuned else "",
+                    "peak memory": f"{row['peak_rss_mb'] / 1024:.2f} GiB" if tuned else "",
                     "file size": _size(row["file_bytes"]) if tuned else "",
                 }
             )
     return rows
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _size(n: float) -> str:
@@ -638,7 +642,7 @@ def write_compare_report(run_dir: Path) -> tuple[Path, Table]:
     rates = ", ".join(f"{m} {c['learning_rate']:g}" for m, c in tuning.items())
     any_config = next(iter(tuning.values()))
     steps = (
-        f"{any_config['max_steps']} steps"
+        _count(any_config["max_steps"], "step")
         if any_config["max_steps"]
         else f"{any_config['epochs']:g} epochs"
     )
