@@ -1,7 +1,7 @@
 """The cost of one SVF REINFORCE step (rollouts + update) against one LoRA SFT step on the
 same batch of prompt and reply tokens, on SmolLM2-135M.
 
-    python benchmarks/svf_reinforce_step.py [--threads 1] [--batch 8] [--new-tokens 32] [--repeats 3]
+    python benchmarks/svf_reinforce_step.py [--threads 1] [--batch 8] [--new-tokens 32]
 
 The REINFORCE step is :func:`mafl_graph.svf.reinforce.reinforce_step` with an expert on the
 90 MLP matrices: greedy rollouts of ``--batch`` Arithmetic problems (a+b, 0–50), their
@@ -42,7 +42,7 @@ def main() -> None:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
-    from svf_size import cpu_name  # the benchmarks' own helper, run from this directory
+    from svf_size import cpu_name  # a sibling script: its directory is on sys.path
 
     print(f"{cpu_name()}, {args.threads} thread(s), torch {torch.__version__}")
     print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {commit or '?'}")

@@ -22,15 +22,14 @@ improvement. The latest expert and Adam's state are saved at each validation, so
 interrupted run resumes from its last validation, and a finished run returns its result at
 once.
 
-The step cost, measured on SmolLM2-135M-Instruct in float32 with an expert on all 90 MLP
-matrices (Intel Xeon, 2 cores shared with a test run, 1 torch thread; 2026-12-03, commit
-16566c7; timing :func:`reinforce_step` on 2 Arithmetic problems with ``max_new_tokens=16``,
-then a PEFT LoRA step, r=16 on every linear layer, activation checkpointing, on the same
-2 x 108 tokens of prompt and reply as an SFT batch): a REINFORCE step takes 3.0 s, of which
-the rollouts 1.6 s and the update 1.6 s; the LoRA SFT step 1.7 s. The update costs what an
-SFT step costs; the rollouts, one decoding step per new token, grow with ``max_new_tokens``
-and are what makes REINFORCE dearer. ``dtype="float16"`` runs on this CPU (torch 2's CPU
-kernels cover its ops) at about the same speed, so it is not refused.
+The step cost, from ``python benchmarks/svf_reinforce_step.py`` (SmolLM2-135M-Instruct in
+float32, an expert on all 90 MLP matrices; Intel Xeon, 2 cores shared with two other jobs,
+1 torch thread; 2026-12-03, commit c033336): on 8 sums, greedy replies of 14 tokens on
+average, a REINFORCE step (rollouts and update) takes 23.0 s against 15.9 s for a PEFT LoRA
+r=16 SFT step on the same tokens, 1.44x. The update costs what an SFT step costs; the
+rollouts, one decoding step per new token, grow with ``max_new_tokens`` and are what makes
+REINFORCE dearer. ``dtype="float16"`` runs on this CPU (torch 2's CPU kernels cover its ops)
+at about the same speed, so it is not refused.
 
 ``tests/test_svf_reinforce.py`` runs the algorithm on the last two layers' MLPs with 6 new
 tokens: about 1.1 s a step.
