@@ -51,6 +51,7 @@ _EXPORTS: dict[str, str] = {
     ),
     **dict.fromkeys(("SVFExpert",), "mafl_graph.svf.expert"),
     **dict.fromkeys(("ReinforceConfig",), "mafl_graph.svf.config"),
+    **dict.fromkeys(("compare_tuning", "write_compare_report"), "mafl_graph.svf.compare"),
     **dict.fromkeys(("ReinforceResult", "train_reinforce"), "mafl_graph.svf.reinforce"),
     **dict.fromkeys(("Evaluations", "answer_flags", "train_expert"), "mafl_graph.svf.runs"),
     **dict.fromkeys(
@@ -76,6 +77,7 @@ __all__ = [
     "ReinforceResult",
     "SVFExpert",
     "answer_flags",
+    "compare_tuning",
     "corrected_linear",
     "decompose",
     "layer_count",
@@ -91,6 +93,7 @@ __all__ = [
     "train_reinforce",
     "use_expert",
     "weights_fingerprint",
+    "write_compare_report",
 ]
 
 __getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
@@ -106,6 +109,7 @@ if TYPE_CHECKING:
         target_modules,
         use_expert,
     )
+    from mafl_graph.svf.compare import compare_tuning, write_compare_report
     from mafl_graph.svf.config import ReinforceConfig
     from mafl_graph.svf.decomposition import (
         DEFAULT_TARGETS,
