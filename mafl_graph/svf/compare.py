@@ -569,9 +569,9 @@ def _serve(record: Mapping[str, Any], dtype: str, max_new_tokens: int) -> Any:
 
 
 def _accuracy(flags: Sequence[bool | None]) -> dict[str, Any]:
-    from mafl_graph.evaluate import accuracy
+    from mafl_graph.svf.runs import accuracy_of
 
-    return accuracy(flags, undecided=sum(1 for f in flags if f is None)).as_dict()
+    return accuracy_of(flags).as_dict()
 
 
 # The report --------------------------------------------------------------------------------
@@ -626,16 +626,10 @@ def _size(n: float) -> str:
 
 def write_compare_report(run_dir: Path) -> tuple[Path, Table]:
     """``report.md`` of a ``mafl svf compare`` run directory; its console table."""
-    from mafl_graph.svf.report import REPORT, markdown, rich_table
+    from mafl_graph.svf.report import markdown, publish, read_summary
 
     run_dir = Path(run_dir)
-    path = run_dir / RESULT_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{run_dir} has no {RESULT_FILE} yet: run the same `mafl svf compare` command "
-            "again to finish (it resumes)"
-        )
-    summary = json.loads(path.read_text())
+    summary = read_summary(run_dir, RESULT_FILE, "mafl svf compare")
     rows = compare_rows(summary)
     title = f"Base, SVF, LoRA and full fine-tuning · {run_dir}"
     tuning = summary["tuning"]
@@ -661,7 +655,4 @@ def write_compare_report(run_dir: Path) -> tuple[Path, Table]:
         "it wrote.\n",
         markdown(rows),
     ]
-    report = run_dir / REPORT
-    report.write_text("\n".join(text))
-    write_json(run_dir / "report.json", {"rows": rows})
-    return report, rich_table(rows, title)
+    return publish(run_dir, title, text, rows)

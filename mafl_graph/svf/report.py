@@ -110,19 +110,34 @@ def curve_figure(
     return fig
 
 
-def write_svf_report(run_dir: Path) -> tuple[Path, Table]:
-    """``report.md`` (and ``curve.png``) of an SVF run directory; its console table."""
+def read_summary(run_dir: Path, name: str, command: str) -> dict[str, Any]:
+    """The result file ``name`` of a run directory, or an error saying how to finish it."""
     import json
 
-    from mafl_graph.svf.runs import RESULT_FILE
-
-    path = run_dir / RESULT_FILE
+    path = run_dir / name
     if not path.is_file():
         raise FileNotFoundError(
-            f"{run_dir} has no {RESULT_FILE} yet: run the same `mafl svf train` command again "
-            "to finish (it resumes)"
+            f"{run_dir} has no {name} yet: run the same `{command}` command again to finish "
+            "(it resumes)"
         )
-    summary = json.loads(path.read_text())
+    return dict(json.loads(path.read_text()))
+
+
+def publish(
+    run_dir: Path, title: str, text: Sequence[str], rows: Sequence[Mapping[str, str]]
+) -> tuple[Path, Table]:
+    """Write ``report.md`` (``text``) and ``report.json`` (``rows``); the console table."""
+    report = run_dir / REPORT
+    report.write_text("\n".join(text))
+    write_json(run_dir / "report.json", {"rows": list(rows)})
+    return report, rich_table(rows, title)
+
+
+def write_svf_report(run_dir: Path) -> tuple[Path, Table]:
+    """``report.md`` (and ``curve.png``) of an SVF run directory; its console table."""
+    from mafl_graph.svf.runs import RESULT_FILE
+
+    summary = read_summary(run_dir, RESULT_FILE, "mafl svf train")
     rows = train_rows(summary)
     title = f"SVF REINFORCE on {summary['task']} · {run_dir}"
     text = [
@@ -145,10 +160,7 @@ def write_svf_report(run_dir: Path) -> tuple[Path, Table]:
             summary["curve"], title, base, None if start is None else 100 * start["mean"]
         ).savefig(run_dir / CURVE, dpi=120)
         text.append(f"![learning curve]({CURVE})\n")
-    report = run_dir / REPORT
-    report.write_text("\n".join(text))
-    write_json(run_dir / "report.json", {"rows": rows})
-    return report, rich_table(rows, title)
+    return publish(run_dir, title, text, rows)
 
 
 _ROW_LABELS = {
@@ -187,17 +199,9 @@ def adapt_rows(summary: Mapping[str, Any]) -> list[dict[str, str]]:
 
 def write_adapt_report(run_dir: Path) -> tuple[Path, Table]:
     """``report.md`` of a ``mafl svf adapt`` run directory; its console table."""
-    import json
-
     from mafl_graph.svf.runs import ADAPT_RESULT_FILE
 
-    path = run_dir / ADAPT_RESULT_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{run_dir} has no {ADAPT_RESULT_FILE} yet: run the same `mafl svf adapt` command "
-            "again to finish (it resumes)"
-        )
-    summary = json.loads(path.read_text())
+    summary = read_summary(run_dir, ADAPT_RESULT_FILE, "mafl svf adapt")
     rows = adapt_rows(summary)
     title = f"Self-adaptation on {summary['task']} · {run_dir}"
     text = [
@@ -208,7 +212,4 @@ def write_adapt_report(run_dir: Path) -> tuple[Path, Table]:
         "no expert has that domain).\n",
         markdown(rows),
     ]
-    report = run_dir / REPORT
-    report.write_text("\n".join(text))
-    write_json(run_dir / "report.json", {"rows": rows})
-    return report, rich_table(rows, title)
+    return publish(run_dir, title, text, rows)

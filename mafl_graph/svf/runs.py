@@ -263,9 +263,9 @@ def train_on(
     )
     summary = {
         **settings,
-        "base": _accuracy(base).as_dict(),
-        "base_validation": _accuracy(base_validation).as_dict(),
-        "expert": _accuracy(tuned).as_dict(),
+        "base": accuracy_of(base).as_dict(),
+        "base_validation": accuracy_of(base_validation).as_dict(),
+        "expert": accuracy_of(tuned).as_dict(),
         "difference": paired_difference(tuned, base),
         "expert_path": str(result.expert_path),
         "best_step": result.best_step,
@@ -300,7 +300,8 @@ def check_labels(task: Any, labels: Sequence[str]) -> None:
         )
 
 
-def _accuracy(flags: Sequence[bool | None]) -> Accuracy:
+def accuracy_of(flags: Sequence[bool | None]) -> Accuracy:
+    """Right answers over ``flags`` (None: undecided, counted apart)."""
     return accuracy(flags, undecided=sum(1 for f in flags if f is None))
 
 
@@ -421,9 +422,9 @@ def adapt_run(
     rows = {}
     for name, found_flags in flags.items():
         row: dict[str, Any] = {
-            "accuracy": _accuracy(found_flags).as_dict(),
+            "accuracy": accuracy_of(found_flags).as_dict(),
             "by_domain": {
-                d: _accuracy(
+                d: accuracy_of(
                     [f for f, dd in zip(found_flags, domains, strict=True) if dd == d]
                 ).as_dict()
                 for d in sorted(set(domains))
