@@ -6,7 +6,16 @@ library is imported inside each command, so ``mafl --help`` stays fast.
 
 from __future__ import annotations
 
-from mafl_graph.cli import datasets, debate, evaluate, loop, svf, svf_compare, tune  # noqa: F401 - registers
+from mafl_graph.cli import (  # noqa: F401 - registers
+    datasets,
+    debate,
+    evaluate,
+    experts,
+    loop,
+    svf,
+    svf_compare,
+    tune,
+)
 from mafl_graph.cli.app import app
 
 __all__ = ["app", "main"]
