@@ -111,3 +111,24 @@ def test_experts_per_pile_are_tuned_measured_and_debate_as_a_society(tmp_path):
     )
     assert debate.error is None
     assert sorted(r["agent"] for r in debate.responses) == [0, 1]
+
+
+def test_union_find_by_likelihood_always_picks_from_the_list(corpus, tmp_path):
+    import numpy as np
+
+    from mafl_graph.experts.config import UnionFindConfig
+    from mafl_graph.experts.union_find import JOURNAL, union_find_clusters
+    from mafl_graph.local import LocalChatModel
+
+    vectors = np.array(
+        [[1.0, 0.1 * i] if d == "sums" else [0.1 * i, 1.0] for i, (_, _, d) in enumerate(DOCS)]
+    )
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    config = UnionFindConfig(k=2, candidates=2, pick="likelihood")
+    result = union_find_clusters(
+        corpus, LocalChatModel(), tmp_path, config, embeddings=vectors, progress=False
+    )
+    journal = [json.loads(line) for line in (tmp_path / JOURNAL).read_text().splitlines()]
+    assert result.k == 2 and journal
+    assert all(e["status"] == "ok" and e["pick"] in (1, 2) for e in journal)
+    assert all(e["input_tokens"] > 0 for e in journal)

@@ -503,3 +503,15 @@ def test_specialisation_tables_compare_each_methods_best_expert_with_the_single_
     assert "| x/expert0 | **1.00** | 8.00 |" in table
     assert "| single/expert0 | 2.00 | 4.00 |" in table
     assert "| s | 50% |" in matrix_table({"s": {"a": 0.5}}, percent=True, best="max")
+
+
+def test_likelihood_picks_need_a_local_model_and_are_refused_before_anything_is_written(tmp_path):
+    corpus = _corpus(2)
+    config = UnionFindConfig(k=2, pick="likelihood")
+    with pytest.raises(ValueError, match="needs a local model .*not ScriptedModel"):
+        union_find_clusters(
+            corpus, ScriptedModel(), tmp_path, config, embeddings=_embeddings(corpus)
+        )
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="pick must be one of reply, likelihood; got 'vote'"):
+        UnionFindConfig(pick="vote")

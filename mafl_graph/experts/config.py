@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from mafl_graph.finetune.tuners.options import option
 
+PICKS = ("reply", "likelihood")
+
 
 @dataclass(frozen=True)
 class MCEMConfig:
@@ -64,10 +66,17 @@ class UnionFindConfig:
     )
     concurrency: int = option(8, "union-find: questions sent at once (and journalled together)")
     seed: int = option(0, "seed of the order in which unions are applied")
+    pick: str = option(
+        "reply",
+        "union-find: reply (read the model's answer; any chat model) or likelihood (the "
+        "candidate number the model finds most likely as its answer; local models)",
+    )
 
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ValueError(f"k must be at least 1; got k={self.k}")
+        if self.pick not in PICKS:
+            raise ValueError(f"pick must be one of {', '.join(PICKS)}; got {self.pick!r}")
         names = ("candidates", "summary_documents", "excerpt_chars", "max_rounds", "patience")
         for name in (*names, "concurrency"):
             if getattr(self, name) < 1:

@@ -18,6 +18,10 @@ guess). Each round asks a model with a seed of its own (where it has a seed), so
 model's unusable reply is not repeated for ever; ``patience`` rounds in a row that unite
 nothing end the run with an error that says so.
 
+With ``pick="likelihood"`` (local models) the reply is not generated: the answer is the
+candidate number the model finds most likely as the first token of its reply, as
+multiple-choice benchmarks score a model; it is always a number from the list.
+
 Every call's answer is appended to ``journal.jsonl`` before it is acted on; a rerun replays
 the journal (asking nothing it has asked) and goes on from there.
 """
@@ -138,6 +142,8 @@ def union_find_clusters(
         "model": model_name or type(model).__name__,
         "corpus_sha256": corpus_digest(corpus),
     }
+    if config.pick == "likelihood":
+        _check_likelihood(model)  # before anything is written
     prepare_run_dir(out, settings)
     started = time.perf_counter()
     if embeddings is None:
@@ -163,7 +169,10 @@ def union_find_clusters(
             break
         rounds = round_ + 1
         questions = _questions(corpus, vectors, sets, config, round_)
-        ask = _asker(_round_model(model, config.seed, round_), config.concurrency)
+        if config.pick == "likelihood":
+            ask = _likelihood_asker(model, config.candidates)
+        else:
+            ask = _asker(_round_model(model, config.seed, round_), config.concurrency)
         answers = _answers(questions, journal, ask, cost, progress=progress)
         united = 0
         for question, answer in zip(questions, answers, strict=True):
@@ -318,6 +327,52 @@ def _round_model(model: Any, seed: int, round_: int) -> Any:
 def _asker(model: Any, concurrency: int) -> Callable[[list[list[Any]]], list[Any]]:
     def ask(batch: list[list[Any]]) -> list[Any]:
         return list(model.batch(batch, config={"max_concurrency": concurrency}))
+
+    return ask
+
+
+def _check_likelihood(model: Any) -> None:
+    from mafl_graph.local import LocalChatModel
+
+    if not isinstance(model, LocalChatModel):
+        raise ValueError(
+            f"pick='likelihood' reads the model's next-token probabilities: it needs a local "
+            f"model (local:...), not {type(model).__name__}; use pick='reply'"
+        )
+
+
+def _likelihood_asker(model: Any, candidates: int) -> Callable[[list[list[Any]]], list[Any]]:
+    """Each question answered by the candidate number the model finds most likely as the
+    first token of its reply (multiple-choice scoring): always a number from the list, and
+    the model's own preference among them, for a model too small to answer in form."""
+    from langchain_core.messages import AIMessage
+
+    from mafl_graph.local.chat_model import to_chatml
+
+    _check_likelihood(model)
+    engine = model.engine
+    numbers = [str(i) for i in range(1, candidates + 1)]
+    tokens = [engine.tokenizer(n, add_special_tokens=False)["input_ids"] for n in numbers]
+    if any(len(t) != 1 for t in tokens):
+        raise ValueError(
+            "the tokenizer splits a candidate number; pick='likelihood' needs one token each"
+        )
+
+    def ask(batch: list[list[Any]]) -> list[Any]:
+        replies = []
+        for messages in batch:
+            chat = to_chatml(messages)
+            logprobs, _ = engine.next_token_logprobs(chat, numbers[0], model.adapter)
+            # the question's last line says how many candidates it lists: "(1 to N)"
+            shown = int(re.findall(r"\(1 to (\d+)\)", chat[-1]["content"])[-1])
+            scores = [float(logprobs[0, t[0]]) for t in tokens[:shown]]
+            best = max(range(len(scores)), key=scores.__getitem__)
+            prompt = engine.tokenizer.apply_chat_template(
+                chat, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+            usage = {"input_tokens": len(prompt), "output_tokens": 0, "total_tokens": len(prompt)}
+            replies.append(AIMessage(content=numbers[best], usage_metadata=usage))
+        return replies
 
     return ask
 
