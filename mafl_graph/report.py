@@ -257,6 +257,7 @@ _RUN_REPORTS: dict[str, str] = {
     "svf_run.json": "mafl_graph.svf.report:write_svf_report",
     "svf_adapt_run.json": "mafl_graph.svf.report:write_adapt_report",
     "svf_compare_run.json": "mafl_graph.svf.compare:write_compare_report",
+    "experts_run.json": "mafl_graph.experts.report:write_experts_report",
 }
 """Run kinds other than loops and comparisons: the file that marks such a run directory ->
 the ``module:function`` writing its report (``run_dir -> (report path, console table)``)."""

@@ -39,7 +39,8 @@ def test_the_command_line_help_imports_none_of_the_heavy_libraries() -> None:
     code = (
         "import sys, json\n"
         "from mafl_graph.cli import app\n"
-        "for args in (['--help'], ['loop', '--help'], ['tune', '--help']):\n"
+        "for args in (['--help'], ['loop', '--help'], ['tune', '--help'], ['experts', '--help'],\n"
+        "             ['svf', '--help'], ['svf', 'train', '--help']):\n"
         "    try:\n"
         "        app(args)\n"
         "    except SystemExit as exit:\n"

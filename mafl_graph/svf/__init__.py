@@ -50,7 +50,19 @@ _EXPORTS: dict[str, str] = {
         "mafl_graph.svf.decomposition",
     ),
     **dict.fromkeys(("SVFExpert",), "mafl_graph.svf.expert"),
-    **dict.fromkeys(("ReinforceConfig",), "mafl_graph.svf.config"),
+    **dict.fromkeys(("CEMConfig", "ReinforceConfig"), "mafl_graph.svf.config"),
+    **dict.fromkeys(
+        (
+            "ClassifierDispatch",
+            "DomainClassification",
+            "ExpertLibrary",
+            "FixedExpert",
+            "PromptDispatch",
+            "SelfAdaptiveChatModel",
+        ),
+        "mafl_graph.svf.adapt",
+    ),
+    **dict.fromkeys(("few_shot_cem", "mix_experts"), "mafl_graph.svf.cem"),
     **dict.fromkeys(("compare_tuning", "write_compare_report"), "mafl_graph.svf.compare"),
     **dict.fromkeys(("ReinforceResult", "train_reinforce"), "mafl_graph.svf.reinforce"),
     **dict.fromkeys(("Evaluations", "answer_flags", "train_expert"), "mafl_graph.svf.runs"),
@@ -70,19 +82,28 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "CEMConfig",
+    "ClassifierDispatch",
     "DEFAULT_TARGETS",
     "Decomposition",
+    "DomainClassification",
     "Evaluations",
+    "ExpertLibrary",
+    "FixedExpert",
+    "PromptDispatch",
     "ReinforceConfig",
     "ReinforceResult",
     "SVFExpert",
+    "SelfAdaptiveChatModel",
     "answer_flags",
     "compare_tuning",
     "corrected_linear",
     "decompose",
+    "few_shot_cem",
     "layer_count",
     "merged_weight",
     "merged_weights",
+    "mix_experts",
     "mixed_experts",
     "normalize_layers",
     "row_singular_values",
@@ -99,6 +120,14 @@ __all__ = [
 __getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
+    from mafl_graph.svf.adapt import (
+        ClassifierDispatch,
+        DomainClassification,
+        ExpertLibrary,
+        FixedExpert,
+        PromptDispatch,
+        SelfAdaptiveChatModel,
+    )
     from mafl_graph.svf.apply import (
         corrected_linear,
         merged_weight,
@@ -109,8 +138,9 @@ if TYPE_CHECKING:
         target_modules,
         use_expert,
     )
+    from mafl_graph.svf.cem import few_shot_cem, mix_experts
     from mafl_graph.svf.compare import compare_tuning, write_compare_report
-    from mafl_graph.svf.config import ReinforceConfig
+    from mafl_graph.svf.config import CEMConfig, ReinforceConfig
     from mafl_graph.svf.decomposition import (
         DEFAULT_TARGETS,
         Decomposition,
