@@ -1,5 +1,7 @@
-"""Runs of SVF experts in a run directory: train one with REINFORCE on a task's grader, then
-measure it against the base on held-out problems.
+"""Runs of SVF experts in a run directory: train one with REINFORCE on a task's grader (or
+the classification expert of self-adaptation) and measure it against the base on held-out
+problems (:func:`train_expert`, :func:`train_classifier`); compare the self-adaptation
+strategies on a mixed corpus (:func:`adapt_run`).
 
 A run directory holds ``svf_run.json`` (the task, model, split sizes and REINFORCE settings; a
 resumed run must have the same), ``reinforce/`` (:func:`~mafl_graph.svf.train_reinforce`'s
@@ -10,6 +12,10 @@ stopped) and ``svf_train.json``, the result that ``mafl report`` renders.
 The held-out evaluation goes through the engine (:class:`~mafl_graph.local.LocalChatModel`,
 greedy), as the society's agents do; the validation that picks the best step runs inside the
 training loop on problems drawn from the train split, never on the test problems.
+
+A self-adaptation run holds ``svf_adapt_run.json`` (its settings), ``evaluations/`` (the base,
+each expert and each strategy, per problem), ``routes/<strategy>.json`` (each dispatch reply
+and choice), ``cem/`` (the few-shot search) and ``svf_adapt.json``.
 """
 
 from __future__ import annotations
