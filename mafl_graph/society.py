@@ -6,7 +6,7 @@ model and diverge once fine-tuning gives each agent and role its own tuned model
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -17,11 +17,16 @@ from mafl_graph.models import resolve_model
 
 @dataclass(frozen=True)
 class Agent:
-    """One debater: the model that answers first and the model that revises."""
+    """One debater: the model that answers first and the model that revises.
+
+    ``role`` describes what this agent is good at; the debate sends it (after the prompts'
+    global ``instruction``) as the system message of the agent's conversation.
+    """
 
     name: str
     generator: BaseChatModel
     critic: BaseChatModel
+    role: str = ""
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,16 @@ class Society:
 
     def __len__(self) -> int:
         return len(self.agents)
+
+    def with_roles(self, roles: Sequence[str]) -> Society:
+        """A new society where agent ``i`` has role description ``roles[i]``."""
+        if len(roles) != len(self.agents):
+            raise ValueError(
+                f"Got {len(roles)} role description(s) for a society of {len(self.agents)} "
+                "agents; give one per agent."
+            )
+        agents = tuple(replace(a, role=r) for a, r in zip(self.agents, roles, strict=True))
+        return Society(agents=agents, summarizer=self.summarizer)
 
     def replace(
         self,

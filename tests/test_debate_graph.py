@@ -97,6 +97,27 @@ def test_responses_keep_the_exact_conversation() -> None:
             }
 
 
+def test_instruction_and_role_open_every_agents_conversation() -> None:
+    from mafl_graph.debate import DebatePrompts
+
+    models = [ScriptedModel(label=f"m{i}", reply=boxed("1")) for i in range(2)]
+    society = society_of(*models).with_roles(["You check sums.", ""])
+    prompts = DebatePrompts(instruction="Work as a team.")
+    state = debate(society, rounds=2, summarize=False, prompts=prompts)
+    expected = ["Work as a team.\n\nYou check sums.", "Work as a team."]
+    for agent, model in enumerate(models):
+        for sent in model.calls:  # round 2 continues the round-1 conversation
+            assert (sent[0].type, sent[0].text) == ("system", expected[agent])
+            assert [m.type for m in sent].count("system") == 1
+    assert all(r["messages"][0]["role"] == "system" for r in state["responses"])
+    # Without either, nothing is added: the paper's prompts stay exactly as they were.
+    plain = ScriptedModel(reply=boxed("1"))
+    debate(society_of(plain), rounds=1)
+    assert [m.type for m in plain.calls[0]] == ["human"]
+    with pytest.raises(ValueError, match="3 role description.*society of 2"):
+        society_of(*models).with_roles(["a", "b", "c"])
+
+
 @pytest.mark.parametrize("summarize", [True, False])
 def test_advice_never_includes_the_agents_own_answer(summarize: bool) -> None:
     models = [ScriptedModel(label=f"m{i}", reply=boxed(f"{i}0{i}")) for i in range(3)]

@@ -23,7 +23,7 @@ from langgraph.errors import GraphBubbleUp
 from langgraph.types import Command, Send
 
 from mafl_graph.debate.journal import JOURNAL_KEY, ReplyJournal
-from mafl_graph.debate.prompts import DebatePrompts, format_answers
+from mafl_graph.debate.prompts import DebatePrompts, format_answers, system_message
 from mafl_graph.debate.state import (
     AgentTurn,
     ChatTurn,
@@ -195,11 +195,14 @@ class DebateNodes:
         agent = turn["agent"]
         problem = Problem(state["problem_id"], state["question"], state.get("reference"))
         task = task_for(self.task, problem)
-        prompt = task.question_prompt(problem)
+        question = [ChatTurn(role="user", content=task.question_prompt(problem))]
+        # The later rounds continue this conversation, so they keep the system message too.
+        system = system_message(self._prompts(state), self.society.agents[agent].role)
+        opening = [ChatTurn(role="system", content=system)] if system else []
         return _Call(
             model=self.society.agents[agent].generator,
             history=[],
-            prompt=[ChatTurn(role="user", content=prompt)],
+            prompt=opening + question,
             role="generator",
             agent=agent,
             round=1,

@@ -20,7 +20,13 @@ def _human(text: str) -> ChatPromptTemplate:
 
 @dataclass(frozen=True)
 class DebatePrompts:
-    """Templates for the debate turns; each renders to exactly one user message."""
+    """Templates for the debate turns; each renders to exactly one user message.
+
+    ``instruction`` tells every agent how the agents collaborate; it opens each agent's
+    conversation as a system message, followed by the agent's own role (``Agent.role``).
+    """
+
+    instruction: str = ""
 
     debate: ChatPromptTemplate = field(
         default_factory=lambda: _human(
@@ -45,6 +51,12 @@ class DebatePrompts:
         )
     )
     answer_item: str = "\n\nOne agent solution: ```{text}```"
+
+
+def system_message(prompts: DebatePrompts, role: str) -> str:
+    """The system message that opens an agent's conversation: the instruction, then its role
+    (empty when both are)."""
+    return "\n\n".join(part.strip() for part in (prompts.instruction, role) if part.strip())
 
 
 def format_answers(prompts: DebatePrompts, texts: list[str]) -> str:
