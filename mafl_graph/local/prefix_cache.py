@@ -143,6 +143,7 @@ def row_layers(
     cache: Any, row: int, columns: torch.Tensor
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Copies of one row's keys and values at ``columns`` (its unmasked ones), every layer."""
+    columns = columns.to(cache.layers[0].keys.device)  # the mask stays on the CPU
     return [
         (layer.keys[row].index_select(1, columns), layer.values[row].index_select(1, columns))
         for layer in cache.layers
