@@ -20,6 +20,7 @@ from mafl_graph.tasks.base import Problem, Task, grade_answer, task_for
 
 if TYPE_CHECKING:
     from mafl_graph.config import ClientOptions, TaskOptions
+    from mafl_graph.debate.prompts import DebatePrompts
     from mafl_graph.rundir import RunLayout
 
 
@@ -160,14 +161,18 @@ def evaluate_society(
     metadata: Mapping[str, Any] | None = None,
     callbacks: Sequence[BaseCallbackHandler] | None = None,
     progress: bool = True,
+    prompts: DebatePrompts | None = None,
 ) -> Evaluation:
     """Debate ``problems`` with ``society`` (checkpointed at ``db_path``, so a rerun resumes).
 
     With one round this is independent answering: one agent is the single-agent baseline,
     n agents are majority voting over n samples. ``callbacks`` see every model call (e.g. a
-    :class:`~mafl_graph.usage.UsageRecorder`).
+    :class:`~mafl_graph.usage.UsageRecorder`). ``prompts``: the debate's wording (and global
+    instruction), else the task's or the paper's.
     """
-    graph = create_debate_graph(society, task, rounds=rounds, summarize=summarize, seed=seed)
+    graph = create_debate_graph(
+        society, task, rounds=rounds, summarize=summarize, seed=seed, prompts=prompts
+    )
     started = time.perf_counter()
     results = run_debates(
         graph,

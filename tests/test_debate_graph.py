@@ -118,6 +118,28 @@ def test_instruction_and_role_open_every_agents_conversation() -> None:
         society_of(*models).with_roles(["a", "b", "c"])
 
 
+def test_an_instruction_keeps_the_tasks_own_debate_wording() -> None:
+    from langchain_core.prompts import ChatPromptTemplate
+
+    from mafl_graph.debate import DebatePrompts
+
+    task = EchoTask(["1"])
+    task.prompts = DebatePrompts(  # type: ignore[attr-defined]
+        debate=ChatPromptTemplate.from_messages([("human", "Fix the code:{answers}")])
+    )
+    models = [ScriptedModel(label=f"m{i}", reply=boxed("1")) for i in range(2)]
+    debate(
+        society_of(*models),
+        task,
+        rounds=2,
+        summarize=False,
+        prompts=DebatePrompts(instruction="Share what you know."),
+    )
+    round2 = models[0].calls[1]
+    assert round2[0].text == "Share what you know."
+    assert round2[-1].text.startswith("Fix the code:")
+
+
 @pytest.mark.parametrize("summarize", [True, False])
 def test_advice_never_includes_the_agents_own_answer(summarize: bool) -> None:
     models = [ScriptedModel(label=f"m{i}", reply=boxed(f"{i}0{i}")) for i in range(3)]

@@ -23,7 +23,12 @@ from langgraph.errors import GraphBubbleUp
 from langgraph.types import Command, Send
 
 from mafl_graph.debate.journal import JOURNAL_KEY, ReplyJournal
-from mafl_graph.debate.prompts import DebatePrompts, format_answers, system_message
+from mafl_graph.debate.prompts import (
+    DebatePrompts,
+    format_answers,
+    merge_prompts,
+    system_message,
+)
 from mafl_graph.debate.state import (
     AgentTurn,
     ChatTurn,
@@ -183,11 +188,13 @@ class DebateNodes:
         return task_for(self.task, problem)
 
     def _prompts(self, state: DebateState) -> DebatePrompts:
-        """The graph's prompts if it was given some, else the problem's task's, else the
-        paper's: code asks for a function where maths asks for a boxed answer."""
-        if self.explicit_prompts is not None:
-            return self.explicit_prompts
-        return getattr(self._task(state), "prompts", None) or DebatePrompts()
+        """The problem's task's prompts (code asks for a function where maths asks for a
+        boxed answer), else the paper's; each field the graph's prompts set to other than the
+        paper's wins, so an instruction given to a mixed corpus keeps each task's wording."""
+        own = getattr(self._task(state), "prompts", None) or DebatePrompts()
+        if self.explicit_prompts is None:
+            return own
+        return merge_prompts(own, self.explicit_prompts)
 
     # Planning the model calls ----------------------------------------------------------
 

@@ -7,7 +7,7 @@ may override any of these by carrying a ``prompts: DebatePrompts`` attribute.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 from langchain_core.prompts import ChatPromptTemplate
 
@@ -51,6 +51,17 @@ class DebatePrompts:
         )
     )
     answer_item: str = "\n\nOne agent solution: ```{text}```"
+
+
+def merge_prompts(base: DebatePrompts, override: DebatePrompts) -> DebatePrompts:
+    """``base`` with every field that ``override`` sets to other than the paper's default."""
+    default = DebatePrompts()
+    changed = {
+        f.name: getattr(override, f.name)
+        for f in fields(DebatePrompts)
+        if getattr(override, f.name) != getattr(default, f.name)
+    }
+    return replace(base, **changed)
 
 
 def system_message(prompts: DebatePrompts, role: str) -> str:
