@@ -281,12 +281,14 @@ class LocalEngine:
         start, then what the previous call returned. Returns the next-token logits
         ``[rows, vocab]``, the final hidden state of every position ``[rows, tokens, hidden]``
         (what the LM head reads) and the cache. Takes the model lock for the pass alone, so the
-        engine's own batches run between a caller's steps.
+        engine's own batches run between a caller's steps. The inputs may be on the CPU and the
+        logits and hidden states come back there; the cache stays where the model is.
         """
         import torch
 
         from mafl_graph.local.growing_cache import GrowingCache
 
+        ids, mask, positions = (t.to(self.device) for t in (ids, mask, positions))
         with self._model_lock, torch.inference_mode(), self._rows(adapters) as names:
             model, extra = self.model, {}
             if self._peft is not None:
@@ -302,7 +304,7 @@ class LocalEngine:
                 **extra,
             )
         cache_name = "cache" if "cache" in out else "past_key_values"
-        return out.logits[:, -1, :], out.hidden_states[-1], out.get(cache_name)
+        return out.logits[:, -1, :].cpu(), out.hidden_states[-1].cpu(), out.get(cache_name)
 
     @contextlib.contextmanager
     def _rows(self, adapters: list[str]) -> Iterator[list[str]]:
