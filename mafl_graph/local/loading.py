@@ -183,7 +183,7 @@ def load_weights(model_dir: str | Path, dtype: str) -> Any:
 
     return_freed_memory()
     with quiet_transformers():
-        model = AutoModelForCausalLM.from_pretrained(
+        model: Any = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=getattr(torch, check_dtype(dtype)), local_files_only=True
         )
     return model.to(torch_device())
