@@ -408,3 +408,45 @@ def test_evolved_instruction_and_roles_reach_the_models_as_the_system_message(
         assert first[0].type == "system"
         assert first[0].text == f"{result.instruction}\n\n{role}"
         assert first[1].type == "human"
+
+
+# An experts run's dev split and the command --------------------------------------------------
+
+
+def test_the_dev_split_is_train_problems_beyond_the_corpus_never_test(tmp_path: Path) -> None:
+    from mafl_graph.experts.corpus import Corpus
+    from mafl_graph.experts.evoprompt import experts_dev_problems
+    from mafl_graph.experts.runs import CorpusSettings, prepare_corpus
+
+    run = tmp_path / "experts"
+    corpus = prepare_corpus(run, CorpusSettings(task="arithmetic", n=6, test_n=3, max_tokens=None))
+    dev = experts_dev_problems(run, 4)
+    held_out = set(Corpus.load(run / "test.jsonl").ids)
+    assert len(dev) == 4 and all(p.answer for p in dev)
+    assert not {p.id for p in dev} & (set(corpus.ids) | held_out)
+    assert all("train" in p.id for p in dev)
+    assert experts_dev_problems(run, 4) == dev  # the same split on every call
+    with pytest.raises(ValueError, match="at least 1"):
+        experts_dev_problems(run, 0)
+    test_corpus = tmp_path / "on-test"
+    prepare_corpus(
+        test_corpus, CorpusSettings(task="arithmetic", split="test", n=3, test_n=0, max_tokens=None)
+    )
+    with pytest.raises(ValueError, match="test split"):
+        experts_dev_problems(test_corpus, 2)
+
+
+def test_the_command_is_registered_on_the_experts_group() -> None:
+    from typer.testing import CliRunner
+
+    import mafl_graph.cli.experts_evolve  # noqa: F401 - registers the command
+    from mafl_graph.cli.app import app
+
+    shown = CliRunner().invoke(app, ["experts", "evolve", "--help"], terminal_width=200)
+    assert shown.exit_code == 0, shown.output
+    for name in ("--method", "--optimizer", "--population", "--iterations", "--dev"):
+        assert name in shown.output
+    refused = CliRunner().invoke(
+        app, ["experts", "evolve", "--run-dir", "nowhere", "--optimizer", "pso"]
+    )
+    assert refused.exit_code != 0 and "optimizer must be one of" in refused.output

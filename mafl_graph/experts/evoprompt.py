@@ -850,6 +850,95 @@ def evolve_prompts(
     ).run()
 
 
+def experts_dev_problems(run_dir: str | Path, n: int) -> list[Problem]:
+    """The dev split of an experts run: ``n`` problems of the corpus's own split (train) that
+    neither the corpus (the experts' training piles) nor the held-out test documents hold.
+
+    They are the problems after the corpus's in the task's fixed order, so the dev split is
+    the same on every call and never touches the test split.
+    """
+    from mafl_graph.experts.corpus import Corpus
+    from mafl_graph.experts.runs import build_task, load_run
+
+    if n < 1:
+        raise ValueError(f"the dev split needs at least 1 problem; got {n}")
+    layout, settings, corpus = load_run(run_dir)
+    split = settings.get("split", "train")
+    if split == "test":
+        raise ValueError(
+            f"the corpus of {layout.root} was drawn from the test split; a dev split beside it "
+            "would tune prompts on test problems: make a corpus from the train split"
+        )
+    used = set(corpus.ids)
+    if layout.test.is_file():
+        used |= set(Corpus.load(layout.test).ids)
+    wanted = int(settings.get("n", len(corpus))) + n
+    problems = build_task(settings).load(split, wanted)
+    fresh = [p for p in problems if p.id not in used][:n]
+    if len(fresh) < n:
+        raise ValueError(
+            f"the {split} split has only {len(fresh)} problem(s) beyond the corpus's "
+            f"{len(corpus)}; ask for a dev split of at most {len(fresh)}"
+        )
+    return fresh
+
+
+def evolve_experts(
+    run_dir: str | Path,
+    method: str,
+    config: EvoPromptConfig | None = None,
+    *,
+    dev: int = 20,
+    optimizer_model: str | BaseChatModel | None = None,
+    temperature: float = 0.7,
+    max_tokens: int = 256,
+    out_dir: str | Path | None = None,
+    progress: bool = False,
+) -> EvolvedPrompts:
+    """EvoPrompt on the society of ``method``'s trained experts in an experts run directory.
+
+    Each expert drafts its role from its own pile; fitness is the debate's accuracy on
+    :func:`experts_dev_problems` (``dev`` of them). ``temperature`` and ``max_tokens``: the
+    experts' and summarizer's sampling; ``optimizer_model``: a model or ``"provider:model"``
+    (default: the summarizer). Written to ``out_dir`` (default
+    ``<run_dir>/evoprompt/<method>-<optimizer>``); a rerun resumes.
+    """
+    from mafl_graph.experts.clustering import read_result
+    from mafl_graph.experts.corpus import pile_members
+    from mafl_graph.experts.runs import build_task, load_run, trained_experts
+    from mafl_graph.experts.train import experts_society
+    from mafl_graph.finetune.tuners.registry import tuner_class
+    from mafl_graph.models import resolve_model
+
+    config = config or EvoPromptConfig()
+    layout, settings, corpus = load_run(run_dir)
+    experts = [e for e in trained_experts(run_dir, method) if e.tuned is not None]
+    if not experts:
+        raise ValueError(f"{method} has no trained expert (every pile was empty)")
+    first = experts[0].tuned
+    assert first is not None
+    length = "max_new_tokens" if tuner_class(first.backend).provider == "local" else "max_tokens"
+    chat: dict[str, Any] = {"temperature": temperature, length: max_tokens}
+    society = experts_society(experts, **chat)
+    result = read_result(layout.result(method))
+    members = pile_members(result.labels, result.k)
+    documents = corpus.documents
+    piles = [[documents[i].question or documents[i].text for i in members[e.pile]] for e in experts]
+    if isinstance(optimizer_model, str):
+        optimizer_model = resolve_model(optimizer_model)
+    out = Path(out_dir) if out_dir else layout.root / "evoprompt" / f"{method}-{config.optimizer}"
+    return evolve_prompts(
+        society,
+        build_task(settings),
+        experts_dev_problems(run_dir, dev),
+        out,
+        config,
+        optimizer_model,
+        piles=piles,
+        progress=progress,
+    )
+
+
 def optimizer_copy(model: BaseChatModel, temperature: float, max_tokens: int) -> BaseChatModel:
     """``model`` with this temperature and reply length where it has such fields (the local
     model, OpenAI, Gemini); any other model as it is."""
