@@ -470,6 +470,9 @@ def causal_lm_loss(model: Any, batch: dict[str, Any]) -> torch.Tensor:
     import torch
 
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    # Batches are built on the CPU (:func:`collate`); the model may be on a GPU.
+    device = lm.get_output_embeddings().weight.device
+    batch = {k: v.to(device) for k, v in batch.items()}
     hidden = lm.base_model(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
     ).last_hidden_state

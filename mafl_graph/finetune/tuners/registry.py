@@ -23,6 +23,7 @@ _REGISTRY: dict[str, type[TunerBackend] | str] = {
     "vertex": "mafl_graph.finetune.tuners.vertex:VertexTuner",
     # SVF tunes local models too, but is registered by path, so "local:" stays LoRA's.
     "svf": "mafl_graph.finetune.tuners.svf:SVFTuner",
+    "trl": "mafl_graph.finetune.tuners.trl_tuner:TRLTuner",
 }
 # Which backend tunes the models of each provider (the prefix of a "provider:model" string);
 # built-ins are listed here so that resolving one imports nothing.
