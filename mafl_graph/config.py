@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mafl_graph.finetune.tuners.options import TuneOptions, option
+from mafl_graph.serving.options import ServingOptions
 
 if TYPE_CHECKING:
     from langchain_core.callbacks import BaseCallbackHandler
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from mafl_graph.evaluate import Evaluation
     from mafl_graph.finetune.tuners.registry import TunerFactory
     from mafl_graph.loop import MultiagentFinetuning
+    from mafl_graph.serving.base import ServingBackend
     from mafl_graph.society import Society
     from mafl_graph.tasks.base import Task
 
@@ -329,6 +331,8 @@ class LoopConfig:
     )
     tune: TuneOptions = field(default_factory=TuneOptions)
     client: ClientOptions = field(default_factory=ClientOptions)
+    # Not in the manifest either: a resumed run may reach its server elsewhere.
+    serve: ServingOptions = field(default_factory=ServingOptions)
 
     @classmethod
     def of(cls, **values: Any) -> LoopConfig:
@@ -372,7 +376,9 @@ class LoopConfig:
         tuner = backend_class.factory(self.tune, model=name, seed=self.seed, record=tune_record)
         serving = backend_class.serving(self.tune)
         options = _model_options(self.seed, self.temperature, self.max_tokens, self.client)
-        society = Society.from_model(self.model, self.agents, **options, **serving)
+        # The untuned society answers where the tuned one will (e.g. the base on a vLLM server).
+        model, host = self.serving_backend().society_model(self.model)
+        society = Society.from_model(model, self.agents, **options, **serving, **host)
         settings: dict[str, Any] = {
             "model": self.model,
             "task_options": task_options,
@@ -398,7 +404,12 @@ class LoopConfig:
             "seed": self.seed,
             "concurrency": self.concurrency,
             "report_to": list(self.report_to),
+            "serving": self.serving_backend(),
         }
+
+    def serving_backend(self) -> ServingBackend:
+        """Where the society's models are served (``--serving``; in this process by default)."""
+        return self.serve.build(model=self.model, base=self.tune.base)
 
     def loop(
         self,

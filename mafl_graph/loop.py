@@ -44,6 +44,8 @@ from mafl_graph.finetune.tuners.run import Key, load_tuned, tune_run
 from mafl_graph.methods import Method, get_method, loop_method_names
 from mafl_graph.models import model_label
 from mafl_graph.rundir import RunLayout, prepare_run_dir, read_settings, write_json
+from mafl_graph.serving.base import ServingBackend
+from mafl_graph.serving.inprocess import InProcessServing
 from mafl_graph.society import Society
 from mafl_graph.tasks.base import Problem, Task
 from mafl_graph.traces import read_traces_sqlite
@@ -89,6 +91,7 @@ class MultiagentFinetuning:
         callbacks: Sequence[BaseCallbackHandler] = (),
         report_to: str | Tracker | Sequence[str | Tracker] | None = (),
         progress: bool = True,
+        serving: ServingBackend | None = None,
     ) -> None:
         """
         ``tuner``: makes the tuner of each iteration and says which dataset format it takes
@@ -111,6 +114,9 @@ class MultiagentFinetuning:
         ``report_to``: experiment trackers that follow the run (:mod:`mafl_graph.tracking`):
         ``"wandb"``, ``"mlflow"``, ``"tensorboard"``, a registered name, ``"all"``, or
         :class:`~mafl_graph.tracking.Tracker` objects; each needs its package, checked here.
+        ``serving``: where tuned models are served (:mod:`mafl_graph.serving`, e.g. every
+        adapter on one vLLM server); by default in this process, as each tuner serves them.
+        The untuned ``society`` should already be served there (``LoopConfig`` builds it so).
         """
         self.method = _loop_method(method)
         for name, value, least in (
@@ -149,6 +155,7 @@ class MultiagentFinetuning:
         self.callbacks = list(callbacks)
         self.trackers = make_trackers(report_to)
         self.progress = progress
+        self.serving = serving or InProcessServing()
 
     def settings(self) -> dict[str, Any]:
         """What the manifest pins (``iterations`` is left out: a finished run may be extended)."""
@@ -171,6 +178,9 @@ class MultiagentFinetuning:
     def run(self, run_dir: str | Path) -> list[dict[str, Any]]:
         """Run (or resume) every iteration; returns the per-iteration metrics."""
         layout = RunLayout(run_dir)
+        # A server that cannot serve the run (down, another base) is refused before anything
+        # is written, so the fixed command starts the same run.
+        self.serving.check()
         prepare_run_dir(layout.root, self.settings())
         train = self.task.load("train", self.n_train)
         test = self.task.load("test", self.n_test)
@@ -200,8 +210,9 @@ class MultiagentFinetuning:
                 )
                 metrics.step(k, "datasets", partial(self._datasets, k, layout))
                 metrics.step(k, "tuning", partial(self._tune, k, layout, tuned))
-                tuned = load_tuned(layout.tuned_at(k))
+                previous, tuned = tuned, load_tuned(layout.tuned_at(k))
                 society = self.society_after(tuned)
+                self.serving.release(previous, keep=tuned)
                 self._evaluate(metrics, k, society, test, layout, callbacks)
             finished = True
         finally:
@@ -338,8 +349,10 @@ class MultiagentFinetuning:
         return self.tuner(layout.root, iteration=k)
 
     def society_after(self, tuned: Mapping[Key, TunedModel]) -> Society:
-        """The society that the tuned models of one iteration make (by this method's rules)."""
-        return self.method.society_after(self.society, tuned, tune_critics=self.tune_critics)
+        """The society that the tuned models of one iteration make (by this method's rules),
+        each served by the loop's serving backend (registered there first if it needs it)."""
+        served = self.serving.prepare(tuned)
+        return self.method.society_after(self.society, served, tune_critics=self.tune_critics)
 
 
 def _loop_method(method: str | Method) -> Method:

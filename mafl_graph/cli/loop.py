@@ -46,7 +46,8 @@ def loop_command(
 ) -> None:
     """Iterate debate(train) -> datasets -> tune -> debate(test); resumable; prints a table.
 
-    Tokens and cost per agent and role go to <run-dir>/usage.json.
+    Tokens and cost per agent and role go to <run-dir>/usage.json. With --serving vllm (or
+    sglang) --serving-url URL, one server holds every agent's adapter (docs/serving.md).
     """
     run_loop(config, run_dir, wide=wide)
 
