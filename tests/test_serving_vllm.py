@@ -200,8 +200,9 @@ def test_options_that_cannot_serve_are_refused_before_anything_runs():
 
 def test_mafl_loop_runs_on_the_server_and_resumes_after_each_failure(tmp_path, monkeypatch):
     """The whole loop: base society on the server, the local LoRA tuner, each tuned agent's
-    adapter registered and answering; a server that is down, then one that cannot read the
-    adapters, each stop the run with one line, and the rerun pays for nothing twice."""
+    adapter registered and answering; a server that is down, one on another base, then one
+    that cannot read the adapters, each stop the run with one line, and the rerun pays for
+    nothing twice."""
     pytest.importorskip("peft")
     from mafl_graph.cli import app
     from mafl_graph.local.loading import smollm2_gguf_path
@@ -227,6 +228,10 @@ def test_mafl_loop_runs_on_the_server_and_resumes_after_each_failure(tmp_path, m
     down = runner.invoke(app, args)
     assert down.exit_code == 1 and "not reachable" in down.output and world.url in down.output
     assert not (run_dir / "manifest.json").exists()  # refused before anything was written
+    with ServerWorld(base="Qwen/Qwen2.5-0.5B-Instruct") as other:
+        wrong = runner.invoke(app, [other.url if a == world.url else a for a in args])
+    assert wrong.exit_code == 1 and "Qwen/Qwen2.5-0.5B-Instruct" in wrong.output
+    assert other.chats == [] and not (run_dir / "manifest.json").exists()
 
     with world:
         unreadable = runner.invoke(app, args)
