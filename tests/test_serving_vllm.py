@@ -130,6 +130,8 @@ def test_a_rank_above_max_lora_rank_names_the_flag(tmp_path, dialect):
 
 
 def test_a_server_that_is_down_is_named_then_used_once_it_is_back(tmp_path, monkeypatch):
+    import openai
+
     monkeypatch.setenv("VLLM_API_KEY", KEY)
     world = ServerWorld(api_key=KEY)
     world.start()
@@ -144,6 +146,13 @@ def test_a_server_that_is_down_is_named_then_used_once_it_is_back(tmp_path, monk
         assert len(world.loaded) == 2 and len(world.loads) == 2
         reply = served[(0, "generator")].chat_model().invoke("What is the result of 1+1?")
         assert "boxed{2}" in reply.content
+    with world:  # restarted, it has forgotten its adapters: a chat is refused as vLLM does
+        world.loaded.clear()
+        with pytest.raises(openai.NotFoundError, match="does not exist"):
+            served[(0, "generator")].chat_model(max_retries=0).invoke("What is the result of 1+1?")
+        served = backend.prepare(tuned)  # what the rerun does first: register them again
+        reply = served[(0, "generator")].chat_model().invoke("What is the result of 1+1?")
+        assert "boxed{2}" in reply.content and len(world.loaded) == 2
     # A wrong key is refused with the variable to set, never the key.
     with ServerWorld(api_key="another-key-0123456789") as other:
         with pytest.raises(ServingError, match="VLLM_API_KEY") as caught:
