@@ -102,6 +102,7 @@ def test_parse_prompt_takes_the_last_answer_and_passes_over_the_request_s_own_ta
     assert parse_prompt(f"As shown: {example}", request) is None
     assert parse_prompt(f"{example}\n<prompt>You are exact.</prompt>", request) == "You are exact."
     assert parse_prompt("<PROMPT>Cut off by the token lim", request) == "Cut off by the token lim"
+    assert parse_prompt("Give the final prompt, starting with <prompt> and end", request) is None
     assert parse_prompt("No tags at all.", request) is None
     assert parse_prompt("<prompt>  </prompt>", request) is None
 

@@ -366,6 +366,9 @@ def parse_prompt(reply: str, request: str = "") -> str | None:
         opens = list(_OPEN.finditer(reply))
         if not opens or "</prompt>" in reply[opens[-1].end() :].lower():
             return None
+        tail = reply[opens[-1].start() :]
+        if request and " ".join(tail.lower().split()[:4]) in " ".join(request.lower().split()):
+            return None  # the request's own words, echoed and cut off
         text = reply[opens[-1].end() :].strip()
     text = text.strip().strip(_QUOTES).strip()
     return text if text and text not in shown else None
@@ -1013,6 +1016,18 @@ class _Evolution:
             "summarizer": model_label(society.summarizer),
             "optimizer_model": model_label(self.optimizer),
             "dev": ids,
+            # what the initial populations were made from: a rerun reads initial.json back
+            "seeds": _short(
+                json.dumps(
+                    [
+                        self.seed_roles,
+                        self.seed_instructions,
+                        base_prompts.instruction if base_prompts else "",
+                        [a.role for a in society.agents],
+                        [list(p) for p in piles] if piles is not None else None,
+                    ]
+                )
+            ),
         }
         self.settings = settings
 
