@@ -159,6 +159,25 @@ def test_its_adapter_serves_in_the_local_engine(runs, engine):
 
 
 @pytest.mark.integration
+@pytest.mark.allow_hosts(["127.0.0.1"])
+def test_its_adapter_registers_with_the_vllm_serving_backend(runs):
+    """The adapter on a loopback vLLM server (tests/vllm_world.py), which reads its rank from
+    the adapter's config as the real server does."""
+    pytest.importorskip("langchain_openai")
+    from vllm_world import ServerWorld
+
+    from mafl_graph.serving import ServingOptions
+
+    tuned = runs["trl"]
+    with ServerWorld(dialect="vllm") as world:
+        options = ServingOptions(serving="vllm", serving_url=world.url)
+        served = options.build(model="local:smollm2").prepare({(0, "generator"): tuned})
+        name = served[(0, "generator")].served_as
+        assert name.startswith("mafl-i1-agent0-generator-")
+        assert world.loaded == {name: str(Path(tuned.model).resolve())}
+
+
+@pytest.mark.integration
 def test_a_rerun_finds_the_finished_adapter_and_trains_nothing(runs, monkeypatch):
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("trained a finished job again")
