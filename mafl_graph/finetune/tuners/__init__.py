@@ -47,6 +47,7 @@ if TYPE_CHECKING:
         tune_run,
         tuned_society,
     )
+    from mafl_graph.finetune.tuners.trl_tuner import TRLTuneConfig, TRLTuner
     from mafl_graph.finetune.tuners.vertex import VertexTuneConfig, VertexTuner
 
 # Where each name lives: imported on first use, so that the options and the registry stay
@@ -80,6 +81,8 @@ _EXPORTS: dict[str, str] = {
     "save_tuned": "mafl_graph.finetune.tuners.run",
     "tune_run": "mafl_graph.finetune.tuners.run",
     "tuned_society": "mafl_graph.finetune.tuners.run",
+    "TRLTuneConfig": "mafl_graph.finetune.tuners.trl_tuner",
+    "TRLTuner": "mafl_graph.finetune.tuners.trl_tuner",
     "VertexTuneConfig": "mafl_graph.finetune.tuners.vertex",
     "VertexTuner": "mafl_graph.finetune.tuners.vertex",
 }
@@ -95,6 +98,8 @@ __all__ = [
     "LocalTuner",
     "OpenAITuneConfig",
     "OpenAITuner",
+    "TRLTuneConfig",
+    "TRLTuner",
     "TuneOptions",
     "TuneOutcome",
     "TunedModel",

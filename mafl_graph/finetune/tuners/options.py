@@ -23,7 +23,7 @@ class TuneOptions:
 
     tuner: str | None = option(
         None,
-        "tuning: the backend (local, svf, openai, vertex); default: the model's provider's",
+        "tuning: the backend (local, svf, trl, openai, vertex); default: the model's provider's",
     )
     epochs: float | None = option(None, "tuning: passes over each dataset")
     learning_rate: float | None = option(
@@ -34,6 +34,14 @@ class TuneOptions:
     lora_r: int = option(16, "tuning, local: LoRA rank")
     lora_alpha: int | None = option(None, "tuning, local: LoRA alpha (default: twice the rank)")
     full: bool = option(False, "tuning, local: full fine-tuning instead of LoRA")
+    accelerate_config: str | None = option(
+        None,
+        "tuning, trl: accelerate config (multi_gpu, fsdp, deepspeed_zero3, or a file); "
+        "default: this process",
+    )
+    num_processes: int | None = option(
+        None, "tuning, trl: processes (GPUs) to launch; default: the config's"
+    )
     base: str | None = option(
         None, "tuning: the model iteration 1 tunes (default: the society's model)"
     )

@@ -171,11 +171,10 @@ class TRLTuner(LocalTuner):
     @classmethod
     def _config_from_options(cls, options: TuneOptions, seed: int) -> TRLTuneConfig:
         local = LocalTuner._config_from_options(options, seed)
-        # The accelerate settings are read if the options carry them (`--accelerate-config`).
         return TRLTuneConfig(
             **dataclasses.asdict(local),
-            accelerate_config=getattr(options, "accelerate_config", None),
-            num_processes=getattr(options, "num_processes", None),
+            accelerate_config=options.accelerate_config,
+            num_processes=options.num_processes,
         )
 
     def _run(
