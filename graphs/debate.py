@@ -13,6 +13,7 @@ from the server's environment (or a ``.env`` file named by langgraph.json's ``en
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,6 +40,8 @@ class DebateSettings(TypedDict, total=False):
     summarize: bool
     task: str
     """``arithmetic``, ``gsm8k`` or ``math`` (the graph grades answers with its rules)."""
+    task_options: dict[str, Any]
+    """The task's constructor options (a JSON object), e.g. a mixed task's domains."""
     max_tokens: int
     temperature: float
     seed: int
@@ -84,14 +87,17 @@ def _settings(configurable: Mapping[str, Any]) -> dict[str, Any]:
         if value is None or value == "":
             continue
         try:
-            if key in converters:
+            if key == "task_options":
+                value = json.loads(value) if isinstance(value, str) else dict(value)
+            elif key in converters:
                 value = converters[key](value)
             elif key == "temperature":
                 value = float(value)
             elif key == "summarize":
                 value = _as_bool(value)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"configurable {key!r} must be a number; got {value!r}.") from exc
+            kind = "a JSON object" if key == "task_options" else "a number"
+            raise ValueError(f"configurable {key!r} must be {kind}; got {value!r}.") from exc
         settings[key] = value
     return settings
 
@@ -146,7 +152,7 @@ def _build(settings: Mapping[str, Any], *, name: str) -> CompiledStateGraph:
     )
     builder = create_debate_graph(
         society,
-        get_task(settings["task"]),
+        get_task(settings["task"], **settings.get("task_options", {})),
         rounds=settings["rounds"],
         summarize=settings["summarize"],
         seed=settings["seed"],

@@ -9,106 +9,20 @@ absolute: the graph ids and entry points are the repository's own.
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("langgraph_api")
 pytest.importorskip("langgraph_sdk")
 
+from langgraph_dev import server_fixture  # noqa: E402, F401  (the `server` fixture)
 from langgraph_sdk import get_sync_client  # noqa: E402
 
 pytestmark = [pytest.mark.allow_hosts(["127.0.0.1"]), pytest.mark.integration]
 
-ROOT = Path(__file__).resolve().parents[1]
-STARTUP_TIMEOUT = 120.0
 TINY = {"model": "local:smollm2", "agents": 2, "rounds": 2, "max_tokens": 12}
 PROBLEM = {"problem_id": "studio-1", "question": "2+3", "reference": "5"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[tuple[str, float]]:
-    """(URL, seconds to start) of a `langgraph dev` serving the repository's graphs."""
-    try:
-        from mafl_graph.local import smollm2_gguf_path
-
-        smollm2_gguf_path()
-    except (ImportError, FileNotFoundError) as error:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"embedded model unavailable: {error}")
-    workdir = tmp_path_factory.mktemp("studio")
-    config = json.loads((ROOT / "langgraph.json").read_text())
-    config["dependencies"] = [str((ROOT / d).resolve()) for d in config["dependencies"]]
-    config["graphs"] = {
-        name: str((ROOT / spec.split(":")[0]).resolve()) + ":" + spec.split(":")[1]
-        for name, spec in config["graphs"].items()
-    }
-    (workdir / "langgraph.json").write_text(json.dumps(config))
-    env = {
-        **os.environ,
-        "LANGSMITH_TRACING": "false",
-        "LANGCHAIN_TRACING_V2": "false",
-        "LANGGRAPH_CLI_NO_ANALYTICS": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("LANGSMITH_API_KEY", None)
-    cli = Path(sys.executable).with_name("langgraph")
-    log = (workdir / "server.log").open("w")
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        [str(cli), "dev", "--port", str(_free_port()), "--no-browser", "--no-reload"],
-        cwd=workdir,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        url = _wait_until_up(workdir / "server.log", process)
-        yield url, time.perf_counter() - started
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
-
-
-def _wait_until_up(log: Path, process: subprocess.Popen) -> str:
-    """The API URL the server printed, once it answers; its log if it died or hung."""
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    url = None
-    while time.monotonic() < deadline:
-        text = log.read_text(errors="replace")
-        if process.poll() is not None:
-            pytest.fail(f"langgraph dev exited with {process.returncode}:\n{text[-4000:]}")
-        if url is None and (found := re.search(r"API: \S*(http://127\.0\.0\.1:\d+)", text)):
-            url = found.group(1)
-        if url is not None:
-            try:
-                with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), 1):
-                    pass
-                if "Application started up" in text:
-                    return url
-            except OSError:
-                pass
-        time.sleep(0.25)
-    pytest.fail(f"langgraph dev did not start in {STARTUP_TIMEOUT:.0f} s:\n{text[-4000:]}")
 
 
 def test_studio_lists_both_graphs_with_their_real_edges_and_schemas(server):

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from langchain_core.callbacks import Callbacks
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -32,6 +32,13 @@ from mafl_graph.progress import CallProgress, calls_per_debate, phase_name
 from mafl_graph.redact import check_no_secrets, redact
 from mafl_graph.rundir import RunLayout
 from mafl_graph.tasks.base import Problem
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
+    from mafl_graph.debate.server import DebateServer
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,7 @@ def run_debates(
     metadata: Mapping[str, Any] | None = None,
     callbacks: Callbacks = None,
     progress: bool = True,
+    server: str | DebateServer | None = None,
 ) -> list[DebateResult]:
     """Debate every problem and return the results in the order of ``problems``.
 
@@ -97,7 +105,13 @@ def run_debates(
         metadata=metadata,
         callbacks=callbacks,
         progress=progress,
+        server=server,
     )
+    return run_on_runner_loop(coro)
+
+
+def run_on_runner_loop(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``coro`` to the end on the runner's event loop (see :func:`_runner_loop`)."""
     loop = _runner_loop()
     if threading.current_thread() is _loop_thread:  # called from a debate: waiting would deadlock
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -147,6 +161,7 @@ async def arun_debates(
     metadata: Mapping[str, Any] | None = None,
     callbacks: Callbacks = None,
     progress: bool = True,
+    server: str | DebateServer | None = None,
 ) -> list[DebateResult]:
     """Debate every problem, ``max_concurrency`` problems at a time, started one by one.
 
@@ -161,7 +176,29 @@ async def arun_debates(
     A damaged SQLite file raises :class:`CheckpointError` before anything is written to it.
     A debate estimated to store more than ``$MAFL_CHECKPOINT_WARN_MB`` (default 100) MB of
     checkpoints gives a :class:`~mafl_graph.debate.size.CheckpointSizeWarning` first.
+    ``server``: run the debates on a LangGraph Server instead, a URL or a
+    :class:`~mafl_graph.debate.server.DebateServer` (see
+    :func:`~mafl_graph.debate.server.arun_debates_on_server`); the server keeps the
+    checkpoints (so no ``checkpointer`` or ``db_path``) and makes the model calls (so
+    ``callbacks`` see none of them).
     """
+    if server is not None:
+        from mafl_graph.debate.server import arun_debates_on_server
+
+        if checkpointer is not None or db_path is not None:
+            raise ValueError(
+                "checkpointer and db_path do not apply to debates run on a server (the server "
+                "keeps their checkpoints); pass one or the other."
+            )
+        return await arun_debates_on_server(
+            problems,
+            server,
+            graph=graph,
+            run_id=run_id,
+            max_concurrency=max_concurrency,
+            metadata=metadata,
+            progress=progress,
+        )
     if max_concurrency < 1:
         raise ValueError(f"max_concurrency must be at least 1; got {max_concurrency}.")
     ids = [p.id for p in problems]
