@@ -222,7 +222,8 @@ class EvolvedPrompts:
 
     @property
     def prompts(self) -> DebatePrompts:
-        """The debate's prompts with the evolved global instruction."""
+        """The default debate prompts with the evolved global instruction (to keep templates of
+        your own: ``dataclasses.replace(yours, instruction=result.instruction)``)."""
         from mafl_graph.debate.prompts import DebatePrompts
 
         return DebatePrompts(instruction=self.instruction)
