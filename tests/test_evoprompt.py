@@ -451,3 +451,49 @@ def test_the_command_is_registered_on_the_experts_group() -> None:
         app, ["experts", "evolve", "--run-dir", "nowhere", "--optimizer", "pso"]
     )
     assert refused.exit_code != 0 and "optimizer must be one of" in refused.output
+
+
+def test_evolve_experts_drafts_from_each_expert_s_pile_and_debates_on_the_dev_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mafl_graph.experts import runs, train
+    from mafl_graph.experts.corpus import pile_members
+    from mafl_graph.experts.evoprompt import evolve_experts
+
+    run = tmp_path / "experts"
+    corpus = runs.prepare_corpus(
+        run, runs.CorpusSettings(task="arithmetic", n=6, test_n=2, max_tokens=None)
+    )
+    clusters = runs.cluster(run, "random", k=2)
+    tuned = {"role": "generator", "backend": "local", "base": "smollm2", "model": "none"}
+    experts = [
+        {"pile": p, "documents": 3, "tuned": {**tuned, "agent": p}} for p in range(clusters.k)
+    ]
+    runs.write_json(runs.ExpertsLayout(run).experts_record("random"), experts)
+    asked: dict[str, list[str]] = {"expert0": [], "expert1": []}
+
+    def debater(name: str):
+        def reply(messages: list[BaseMessage]) -> str:
+            if "describe what you are good at" in messages[-1].text:
+                asked[name].append(messages[-1].text)
+                return f"<prompt>You are {name}.</prompt>"
+            return "\\boxed{0}"
+
+        return reply
+
+    def fake_society(trained, **chat):
+        assert chat == {"temperature": 0.7, "max_new_tokens": 256}  # a local expert's fields
+        assert [e.pile for e in trained] == [0, 1]
+        return society_of(*(ScriptedModel(reply=debater(f"expert{e.pile}")) for e in trained))
+
+    monkeypatch.setattr(train, "experts_society", fake_society)
+    config = EvoPromptConfig(population=2, iterations=1, rounds=1, drafts=1, examples=10)
+    result = evolve_experts(run, "random", config, dev=2, optimizer_model=ScriptedModel())
+    out = run / "evoprompt" / "random-ga"
+    assert Path(result.run_dir) == out and (out / "result.json").is_file()
+    members = pile_members(clusters.labels, clusters.k)
+    for pile, requests in enumerate(asked.values()):
+        questions = [corpus.documents[i].question for i in members[pile]]
+        assert len(requests) == 1 and all(q in requests[0] for q in questions)
+    dev_ids = [json.loads(line)["id"] for line in (out / "dev.jsonl").read_text().splitlines()]
+    assert len(dev_ids) == 2 and not set(dev_ids) & set(corpus.ids)
