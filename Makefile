@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/kill_duplicates.py
 	$(PY) benchmarks/cli_startup.py
 	$(PY) benchmarks/demo_memory.py
+	$(PY) benchmarks/gpu/bench.py
 
 # The manual as a site (mkdocs-material, API reference by mkdocstrings), into site/.
 docs: $(STAMP)
