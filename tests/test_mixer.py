@@ -29,13 +29,13 @@ def chat(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
-def two_piles() -> tuple[Corpus, ClusterResult]:
+def two_piles(n: int = 8, start: int = 0) -> tuple[Corpus, ClusterResult]:
     """Sums and Python functions, alternating: pile 0 and pile 1."""
     documents = []
-    for i in range(8):
+    for i in range(start, start + n):
         a, b = 3 * i + 2, 7 * i + 5
         documents.append(Document(f"sum:{i}", "", "sums", f"What is {a} + {b}?", f"{a + b}"))
-        name = ["add", "neg", "double", "square", "halve", "inc", "dec", "sign"][i]
+        name = ["add", "neg", "double", "square", "halve", "inc", "dec", "sign"][i % 8]
         code = f"def {name}(x):\n    return x"
         documents.append(Document(f"code:{i}", "", "code", f"Write {name} in Python.", code))
     corpus = Corpus(tuple(documents))
@@ -78,7 +78,9 @@ def trained(engine, experts):
     )
 
 
-def test_probes_beat_chance_on_held_out_tokens(trained, experts) -> None:
+def test_probes_beat_chance_on_held_out_tokens(engine, trained) -> None:
+    from mafl_graph.experts.mixer import measure_mixer
+
     mixer, report = trained
     assert (mixer.k, mixer.hidden_size) == (2, 576)
     assert report.train_documents == 12 and report.test_documents == 4
@@ -89,6 +91,10 @@ def test_probes_beat_chance_on_held_out_tokens(trained, experts) -> None:
     assert report.router_accuracy > report.router_chance, report.table()
     assert "| expert | pile |" in report.table()
     assert json.dumps(report.as_dict())  # written next to the probes as JSON
+    # Documents the probes never saw, sums of other numbers and the functions again.
+    corpus, result = two_piles(n=2, start=11)
+    other = measure_mixer(engine, mixer, corpus, result.labels, max_tokens_per_doc=16)
+    assert other.test_documents == 4 and other.router_accuracy > other.router_chance
 
 
 def test_a_weight_forced_to_one_gives_that_experts_own_reply(engine, experts) -> None:

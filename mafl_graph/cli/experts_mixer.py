@@ -3,8 +3,9 @@
     mafl experts mixer --run-dir runs/experts --method kmeans
 
 Writes ``experts/<method>/mixer.safetensors`` (the probes, for
-:class:`~mafl_graph.experts.mixer.MixtureChatModel`) and ``mixer.json`` (held-out accuracy and
-AUC per probe) in the run directory.
+:class:`~mafl_graph.experts.mixer.MixtureChatModel`) and ``mixer.json`` (accuracy and AUC per
+probe on held-out documents of the corpus and on the run's test documents) in the run
+directory.
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ def mixer_command(
     seed: Annotated[int, Opt(help="seed of the held-out split")] = 0,
 ) -> None:
     """Train one probe per expert (on its last hidden state) from the method's piles and report
-    their held-out accuracy and AUC; the probes are what `MixtureChatModel(mixer=...)` loads."""
+    their accuracy and AUC on held-out and test documents; the probes are what
+    `MixtureChatModel(mixer=...)` loads."""
     from mafl_graph.experts.clustering import METHODS
     from mafl_graph.experts.mixer import train_run_mixer
 
     if method not in METHODS:
         raise ValueError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
-    path, report = train_run_mixer(
+    path, report, test = train_run_mixer(
         run_dir,
         method,
         held_out=held_out,
@@ -50,5 +52,9 @@ def mixer_command(
         max_documents_per_pile=max_documents,
         regularization=regularization,
     )
-    console.print(report.table(), markup=False)
+    console.print("On held-out documents of the corpus (the experts were tuned on them):")
+    console.print(report.table(), markup=False, soft_wrap=True)
+    if test is not None:
+        console.print("On the run's test documents (each domain given its pile):")
+        console.print(test.table(), markup=False, soft_wrap=True)
     console.print(f"Wrote {path} and {path.with_name('mixer.json')} ({report.seconds:.0f} s).")

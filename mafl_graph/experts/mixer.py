@@ -396,15 +396,8 @@ def train_mixer(
     if not train_docs:
         raise ValueError("no document of any expert's pile to train the probes on")
 
-    conversations = {d: _conversation(engine, corpus.documents[d]) for d in train_docs + test_docs}
-    head = _shared_head(list(conversations.values()))
-    features = _hidden_states(
-        engine,
-        names,
-        {d: ids[: head + max_tokens_per_doc] for d, ids in conversations.items()},
-        head,
-        batch_documents,
-        progress,
+    features = _document_features(
+        engine, names, corpus, train_docs + test_docs, max_tokens_per_doc, batch_documents, progress
     )
 
     def stack(docs: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -449,6 +442,69 @@ def train_mixer(
         seconds=time.perf_counter() - started,
     )
     return mixer, report
+
+
+def measure_mixer(
+    engine: LocalEngine,
+    mixer: ExpertMixer,
+    corpus: Corpus,
+    piles: Sequence[int | None],
+    *,
+    max_tokens_per_doc: int = 64,
+    batch_documents: int = 4,
+    progress: bool = False,
+) -> ProbeReport:
+    """The probes of ``mixer`` on other documents: ``piles[i]`` is the pile document ``i`` of
+    ``corpus`` belongs to (None, or a pile without an expert: left out), e.g. the held-out
+    documents of an experts run, each given the pile its domain went to.
+
+    The same measures as :func:`train_mixer`'s held-out report, on tokens neither the probes
+    nor (for a run's test documents) the experts were trained on.
+    """
+    experts = [i.adapter for i in mixer.experts]
+    mixer.check(experts)
+    check_experts(mixer.experts, engine)
+    names = [engine.adapter_name(a) for a in experts]
+    own = [int(p) for p in mixer.details.get("piles", range(mixer.k))]
+    owner = {pile: k for k, pile in enumerate(own)}
+    target = {d: owner[pile] for d, pile in enumerate(piles) if pile is not None and pile in owner}
+    docs = list(target)
+    if not docs:
+        raise ValueError(f"no document belongs to a pile with an expert (piles {own})")
+    features = _document_features(
+        engine, names, corpus, docs, max_tokens_per_doc, batch_documents, progress
+    )
+    import numpy as np
+
+    x = np.concatenate([features[d] for d in docs], axis=1)
+    rows = np.concatenate([np.full(features[d].shape[1], target[d]) for d in docs])
+    doc = np.concatenate([np.full(features[d].shape[1], d) for d in docs])
+    report = _measure(mixer, x, rows, doc, np.zeros(0), own)
+    settings = {"max_tokens_per_doc": max_tokens_per_doc, "documents": len(docs)}
+    return replace(report, test_documents=len(docs), settings=settings)
+
+
+def _document_features(
+    engine: LocalEngine,
+    names: list[str],
+    corpus: Corpus,
+    docs: list[int],
+    max_tokens_per_doc: int,
+    batch_documents: int,
+    progress: bool,
+) -> dict[int, np.ndarray]:
+    """Each document's final hidden states under every expert for its first
+    ``max_tokens_per_doc`` tokens after the chat template's shared head."""
+    conversations = {d: _conversation(engine, corpus.documents[d]) for d in docs}
+    head = _shared_head(list(conversations.values()))
+    return _hidden_states(
+        engine,
+        names,
+        {d: ids[: head + max_tokens_per_doc] for d, ids in conversations.items()},
+        head,
+        batch_documents,
+        progress,
+    )
 
 
 def _conversation(engine: LocalEngine, document: Document) -> list[int]:
@@ -902,14 +958,19 @@ MIXER_REPORT = "mixer.json"
 
 def train_run_mixer(
     run_dir: str | Path, method: str, *, progress: bool = True, **options: Any
-) -> tuple[Path, ProbeReport]:
+) -> tuple[Path, ProbeReport, ProbeReport | None]:
     """Train the probes for ``method``'s experts of an experts run directory, on its corpus and
-    clustering; ``options`` go to :func:`train_mixer`.
+    clustering (``options`` go to :func:`train_mixer`), and measure them on the run's held-out
+    documents (``test.jsonl``), each given the pile most of its domain's corpus documents went
+    to: tokens neither the probes nor the experts saw. Returns the probe file, the report on
+    the corpus's held-out documents and the one on the test documents (None without them).
 
-    Writes ``experts/<method>/mixer.safetensors`` (the probes) and ``mixer.json`` (the report);
-    a rerun with the same settings, for the same experts, reads them back instead.
+    Writes ``experts/<method>/mixer.safetensors`` (the probes) and ``mixer.json`` (both reports,
+    the second under ``"test"``); a rerun with the same settings, for the same experts, reads
+    them back instead.
     """
     from mafl_graph.experts.clustering import read_result
+    from mafl_graph.experts.corpus import Corpus
     from mafl_graph.experts.runs import load_run, trained_experts
     from mafl_graph.local.engine import load_local_model
     from mafl_graph.rundir import write_json
@@ -926,15 +987,43 @@ def train_run_mixer(
         except ValueError:
             same = False  # the experts were tuned again: train the probes again
         if same:
-            saved["probes"] = tuple(ProbeScore(**p) for p in saved["probes"])
-            return path, ProbeReport(**saved)
+            test = saved.pop("test", None)
+            return path, _report(saved), _report(test) if test else None
     engine = load_local_model(settings.get("model", SMOLLM2_ALIAS))
-    mixer, report = train_mixer(
-        engine, experts, corpus, read_result(layout.result(method)), progress=progress, **options
-    )
+    result = read_result(layout.result(method))
+    mixer, report = train_mixer(engine, experts, corpus, result, progress=progress, **options)
     mixer.save(path)
-    write_json(report_path, report.as_dict())
-    return path, report
+    test_report = None
+    if layout.test.is_file():
+        held = Corpus.load(layout.test)
+        if all(d.domain is not None for d in held):
+            pile_of = _domain_piles(corpus, result.labels)
+            test_report = measure_mixer(
+                engine,
+                mixer,
+                held,
+                [pile_of.get(str(d.domain)) for d in held],
+                max_tokens_per_doc=options.get("max_tokens_per_doc", 64),
+                progress=progress,
+            )
+    record = report.as_dict()
+    record["test"] = test_report.as_dict() if test_report else None
+    write_json(report_path, record)
+    return path, report, test_report
+
+
+def _domain_piles(corpus: Corpus, labels: Sequence[int]) -> dict[str, int]:
+    """Each hidden domain's pile: the one most of its documents went to."""
+    from collections import Counter
+
+    counts: dict[str, Counter[int]] = {}
+    for document, label in zip(corpus.documents, labels, strict=True):
+        counts.setdefault(str(document.domain), Counter())[label] += 1
+    return {domain: c.most_common(1)[0][0] for domain, c in counts.items()}
+
+
+def _report(record: Mapping[str, Any]) -> ProbeReport:
+    return ProbeReport(**{**record, "probes": tuple(ProbeScore(**p) for p in record["probes"])})
 
 
 def _run_settings(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
