@@ -11,6 +11,8 @@ from mafl_graph.cli import (  # noqa: F401 - registers
     debate,
     evaluate,
     experts,
+    experts_evolve,
+    experts_mixer,
     loop,
     svf,
     svf_compare,

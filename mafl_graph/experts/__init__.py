@@ -53,10 +53,30 @@ _EXPORTS: dict[str, str] = {
     "ExpertsLayout": "mafl_graph.experts.runs",
     "prepare_corpus": "mafl_graph.experts.runs",
     "write_experts_report": "mafl_graph.experts.report",
+    "EvoPromptConfig": "mafl_graph.experts.evoprompt",
+    "EvolvedPrompts": "mafl_graph.experts.evoprompt",
+    "draft_roles": "mafl_graph.experts.evoprompt",
+    "evolve_experts": "mafl_graph.experts.evoprompt",
+    "evolve_prompts": "mafl_graph.experts.evoprompt",
+    "experts_dev_problems": "mafl_graph.experts.evoprompt",
+    "CooperateSettings": "mafl_graph.experts.cooperate",
+    "Strategy": "mafl_graph.experts.cooperate",
+    "cooperate": "mafl_graph.experts.cooperate",
+    "strategies": "mafl_graph.experts.cooperate",
 }
 
 __all__ = [
     "ClusterResult",
+    "CooperateSettings",
+    "EvoPromptConfig",
+    "EvolvedPrompts",
+    "Strategy",
+    "cooperate",
+    "draft_roles",
+    "evolve_experts",
+    "evolve_prompts",
+    "experts_dev_problems",
+    "strategies",
     "Corpus",
     "CorpusSettings",
     "Cost",
@@ -105,7 +125,21 @@ if TYPE_CHECKING:
     )
     from mafl_graph.experts.clustering import METHODS, ClusterResult, Cost, read_result
     from mafl_graph.experts.config import MCEMConfig, UnionFindConfig
+    from mafl_graph.experts.cooperate import (
+        CooperateSettings,
+        Strategy,
+        cooperate,
+        strategies,
+    )
     from mafl_graph.experts.corpus import Corpus, Document, build_corpus, check_k, document_text
+    from mafl_graph.experts.evoprompt import (
+        EvolvedPrompts,
+        EvoPromptConfig,
+        draft_roles,
+        evolve_experts,
+        evolve_prompts,
+        experts_dev_problems,
+    )
     from mafl_graph.experts.mc_em import choice_probabilities, mc_em_clusters, read_assignments
     from mafl_graph.experts.metrics import cluster_quality
     from mafl_graph.experts.report import write_experts_report
