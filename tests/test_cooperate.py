@@ -99,3 +99,24 @@ def test_the_summary_pairs_each_row_with_the_base_and_the_best_single_expert():
     text = render({"settings": {**CooperateSettings().__dict__}, "splits": {"test": table}})
     assert "| experts debate | 100.0 ± 0.0 |" in text
     assert "Best single expert (chosen on these problems): `expert1`." in text
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        ([], "is not an experts run"),
+        (["--splits", "test,dev"], "unknown split(s) ['dev']"),
+        (["--n", "0"], "n must be at least 1; got 0"),
+        (["--rounds", "0"], "rounds must be at least 1; got 0"),
+    ],
+)
+def test_bad_input_exits_2_naming_the_value_and_writes_nothing(args, expected, tmp_path):
+    from typer.testing import CliRunner
+
+    from mafl_graph.cli import app
+
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["experts", "cooperate", "--run-dir", str(run), *args])
+    assert result.exit_code == 2, result.output
+    assert expected in " ".join(result.output.split())
+    assert not run.exists()

@@ -11,6 +11,7 @@ from mafl_graph.cli import (  # noqa: F401 - registers
     debate,
     evaluate,
     experts,
+    experts_cooperate,
     experts_evolve,
     experts_mixer,
     loop,
