@@ -317,11 +317,11 @@ class ProbeReport:
                 f"| {p.expert} | {p.pile} | {p.test_tokens} | {p.accuracy:.3f} | "
                 f"{p.chance:.3f} | {auc} |"
             )
+        trained = f"{self.train_documents} training and " if self.train_documents else ""
         lines.append(
             f"\nArgmax router: {self.router_accuracy:.3f} of held-out tokens go to their "
             f"document's expert (chance {self.router_chance:.3f}); per document "
-            f"{self.document_accuracy:.3f}. {self.train_documents} training and "
-            f"{self.test_documents} held-out documents."
+            f"{self.document_accuracy:.3f}. {trained}{self.test_documents} held-out documents."
         )
         return "\n".join(lines)
 
