@@ -57,4 +57,7 @@ def mixer_command(
     if test is not None:
         console.print("On the run's test documents (each domain given its pile):")
         console.print(test.table(), markup=False, soft_wrap=True)
-    console.print(f"Wrote {path} and {path.with_name('mixer.json')} ({report.seconds:.0f} s).")
+    console.print(
+        f"Probes in {path} (trained in {report.seconds:.0f} s), reports in "
+        f"{path.with_name('mixer.json')}."
+    )
