@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/sandbox_throughput.py
 	$(PY) benchmarks/svf_size.py
 	$(PY) benchmarks/svf_decode.py
+	$(PY) benchmarks/mixer_decode.py
 	$(PY) benchmarks/svf_reinforce_step.py
 	$(PY) benchmarks/checkpoint_size.py
 	$(PY) benchmarks/answer_save_lag.py

@@ -59,6 +59,17 @@ _EXPORTS: dict[str, str] = {
     "evolve_experts": "mafl_graph.experts.evoprompt",
     "evolve_prompts": "mafl_graph.experts.evoprompt",
     "experts_dev_problems": "mafl_graph.experts.evoprompt",
+    "ExpertIdentity": "mafl_graph.experts.mixer",
+    "ExpertMixer": "mafl_graph.experts.mixer",
+    "MixedGeneration": "mafl_graph.experts.mixer",
+    "MixtureChatModel": "mafl_graph.experts.mixer",
+    "ProbeReport": "mafl_graph.experts.mixer",
+    "ProbeScore": "mafl_graph.experts.mixer",
+    "expert_identity": "mafl_graph.experts.mixer",
+    "measure_mixer": "mafl_graph.experts.mixer",
+    "mixed_generate": "mafl_graph.experts.mixer",
+    "train_mixer": "mafl_graph.experts.mixer",
+    "train_run_mixer": "mafl_graph.experts.mixer",
     "CooperateSettings": "mafl_graph.experts.cooperate",
     "Strategy": "mafl_graph.experts.cooperate",
     "cooperate": "mafl_graph.experts.cooperate",
@@ -66,6 +77,17 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "ExpertIdentity",
+    "ExpertMixer",
+    "MixedGeneration",
+    "MixtureChatModel",
+    "ProbeReport",
+    "ProbeScore",
+    "expert_identity",
+    "measure_mixer",
+    "mixed_generate",
+    "train_mixer",
+    "train_run_mixer",
     "ClusterResult",
     "CooperateSettings",
     "EvoPromptConfig",
@@ -142,6 +164,19 @@ if TYPE_CHECKING:
     )
     from mafl_graph.experts.mc_em import choice_probabilities, mc_em_clusters, read_assignments
     from mafl_graph.experts.metrics import cluster_quality
+    from mafl_graph.experts.mixer import (
+        ExpertIdentity,
+        ExpertMixer,
+        MixedGeneration,
+        MixtureChatModel,
+        ProbeReport,
+        ProbeScore,
+        expert_identity,
+        measure_mixer,
+        mixed_generate,
+        train_mixer,
+        train_run_mixer,
+    )
     from mafl_graph.experts.report import write_experts_report
     from mafl_graph.experts.runs import CorpusSettings, ExpertsLayout, prepare_corpus
     from mafl_graph.experts.specialisation import accuracy_matrix, perplexity_matrix
