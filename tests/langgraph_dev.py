@@ -2,9 +2,10 @@
 
 The server runs in a working directory of its own, from a copy of the repository's
 langgraph.json whose paths are made absolute, so the graph ids and entry points are the
-repository's own. With the in-memory runtime the server keeps its threads, runs and checkpoints
-in ``.langgraph_api/`` under that directory and reads them back when it starts again there:
-:meth:`LangGraphDev.restart` on the same directory is a server that crashed and came back.
+repository's own. With the in-memory runtime the server saves its threads, runs and
+checkpoints to ``.langgraph_api/`` under that directory (when it stops, and every 10 s) and
+reads them back when it starts again there: :meth:`LangGraphDev.stop` then
+:meth:`LangGraphDev.start` is the same server, restarted.
 """
 
 from __future__ import annotations

@@ -216,7 +216,8 @@ async def arun_debates_on_server(
 
 
 def read_server_traces(server: str | DebateServer, run_id: str) -> RunTraces:
-    """The finished debates of ``run_id`` (in ``server``'s namespace), from the thread states.
+    """The finished debates of ``run_id`` (in ``server``'s namespace), from the thread states;
+    each trace's ``thread_id`` is its server thread (:func:`server_thread_id`).
 
     For a server with a Postgres checkpointer, :func:`mafl_graph.traces.read_traces` on a
     ``PostgresSaver`` of its database reads the same debates from the checkpoints.
@@ -275,10 +276,16 @@ async def _run_threads(
     """Every thread of ``run_id`` in the server's namespace, found by its metadata."""
     query = {RUN_KEY: run_id, **({NAMESPACE_KEY: server.namespace} if server.namespace else {})}
     found: list[dict[str, Any]] = []
-    page = 100
+    page, seen = 100, 0
     while True:
-        batch = await client.threads.search(metadata=query, limit=page, offset=len(found))
-        found += [dict(t) for t in batch]
+        batch = await client.threads.search(metadata=query, limit=page, offset=seen)
+        seen += len(batch)
+        # A search cannot ask for a key's absence: threads of other namespaces go here.
+        found += [
+            dict(t)
+            for t in batch
+            if (t["metadata"] or {}).get(NAMESPACE_KEY, "") == server.namespace
+        ]
         if len(batch) < page:
             return found
 
