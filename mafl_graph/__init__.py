@@ -54,6 +54,10 @@ _EXPORTS: dict[str, str] = {
     "MixtureChatModel": "mafl_graph.experts",
     "train_mixer": "mafl_graph.experts",
     "mixed_generate": "mafl_graph.experts",
+    "DebateServer": "mafl_graph.debate.server",
+    "DebateServerError": "mafl_graph.debate.server",
+    "run_debates_on_server": "mafl_graph.debate.server",
+    "read_server_traces": "mafl_graph.debate.server",
     "TRLTuneConfig": "mafl_graph.finetune.tuners",
     "TRLTuner": "mafl_graph.finetune.tuners",
     "ServingBackend": "mafl_graph.serving",
@@ -193,6 +197,10 @@ __all__ = [
     "OpenAITuner",
     "Problem",
     "register_serving",
+    "DebateServer",
+    "DebateServerError",
+    "run_debates_on_server",
+    "read_server_traces",
     "EvoPromptConfig",
     "EvolvedPrompts",
     "evolve_prompts",
@@ -302,6 +310,12 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
         arun_debates,
         create_debate_graph,
         run_debates,
+    )
+    from mafl_graph.debate.server import (
+        DebateServer,
+        DebateServerError,
+        read_server_traces,
+        run_debates_on_server,
     )
     from mafl_graph.evaluate import (
         Accuracy,

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mafl_graph.finetune.tuners.options import TuneOptions, option
-from mafl_graph.serving.options import ServingOptions
+from mafl_graph.serving.options import DEFAULT_SERVING, ServingOptions
 
 if TYPE_CHECKING:
     from langchain_core.callbacks import BaseCallbackHandler
 
+    from mafl_graph.debate.server import DebateServer
     from mafl_graph.evaluate import Evaluation
     from mafl_graph.finetune.tuners.registry import TunerFactory
     from mafl_graph.loop import MultiagentFinetuning
@@ -329,6 +330,12 @@ class LoopConfig:
         "experiment trackers that follow the run: wandb, mlflow, tensorboard (repeatable or "
         "comma-separated; 'all': every installed one); needs the tracking extra",
     )
+    # Not in the manifest: a resumed run may reach its server elsewhere.
+    debate_server: str | None = option(
+        None,
+        "run the untuned society's debates on this LangGraph Server (URL, e.g. "
+        "http://127.0.0.1:2024 from `langgraph dev`; docs/langgraph-server.md)",
+    )
     tune: TuneOptions = field(default_factory=TuneOptions)
     client: ClientOptions = field(default_factory=ClientOptions)
     # Not in the manifest either: a resumed run may reach its server elsewhere.
@@ -432,6 +439,31 @@ class LoopConfig:
             settings=settings,
             callbacks=callbacks,
             progress=progress,
+            debate_server=self.debate_server_for(settings),
+        )
+
+    def debate_server_for(self, settings: Mapping[str, Any]) -> DebateServer | None:
+        """``--debate-server`` with the settings that build the untuned society there (what
+        ``graphs/debate.py`` reads); ``settings``: :meth:`build`'s."""
+        if not self.debate_server:
+            return None
+        from mafl_graph.debate.server import DebateServer
+
+        if settings.get("serving") or self.serve.serving != DEFAULT_SERVING:
+            raise ValueError(
+                "--debate-server runs the debates on the LangGraph Server's own models; it "
+                "cannot be combined with a base served elsewhere (--serving vllm or sglang, or "
+                "a Vertex AI tuning backend): choose one."
+            )
+        sampling = {"max_tokens": self.max_tokens, "temperature": self.temperature}
+        return DebateServer(
+            self.debate_server,
+            settings={
+                "model": self.model,
+                "seed": self.seed,
+                "task_options": dict(settings.get("task_options", {})),
+                **{k: v for k, v in sampling.items() if v is not None},
+            },
         )
 
     @classmethod

@@ -21,6 +21,7 @@ from mafl_graph.tasks.base import Problem, Task, grade_answer, task_for
 if TYPE_CHECKING:
     from mafl_graph.config import ClientOptions, TaskOptions
     from mafl_graph.debate.prompts import DebatePrompts
+    from mafl_graph.debate.server import DebateServer
     from mafl_graph.rundir import RunLayout
 
 
@@ -162,6 +163,7 @@ def evaluate_society(
     callbacks: Sequence[BaseCallbackHandler] | None = None,
     progress: bool = True,
     prompts: DebatePrompts | None = None,
+    server: DebateServer | None = None,
 ) -> Evaluation:
     """Debate ``problems`` with ``society`` (checkpointed at ``db_path``, so a rerun resumes).
 
@@ -169,20 +171,30 @@ def evaluate_society(
     n agents are majority voting over n samples. ``callbacks`` see every model call (e.g. a
     :class:`~mafl_graph.usage.UsageRecorder`). ``prompts``: the debate's wording (and global
     instruction), else the task's or the paper's.
+    ``server``: debate on this LangGraph Server instead (:mod:`mafl_graph.debate.server`),
+    which must build ``society`` (and use the task's prompts) from its settings; its threads
+    are named after ``db_path`` (the server's namespace, unless it has one), so a rerun
+    resumes them as it would the file. The model calls are made there: ``callbacks`` see
+    none of them.
     """
     graph = create_debate_graph(
         society, task, rounds=rounds, summarize=summarize, seed=seed, prompts=prompts
     )
+    if server is not None:
+        if prompts is not None:
+            raise ValueError("custom prompts cannot be sent to a debate server; leave them out.")
+        server = server.within(server.namespace or str(Path(db_path).resolve()))
     started = time.perf_counter()
     results = run_debates(
         graph,
         problems,
         run_id=run_id,
-        db_path=db_path,
+        db_path=None if server is not None else db_path,
         max_concurrency=concurrency,
         metadata=metadata,
         callbacks=list(callbacks or []),
         progress=progress,
+        server=server,
     )
     seconds = time.perf_counter() - started
     calls = [r for res in results for r in (*res.responses, *res.summaries)]

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.callbacks import BaseCallbackHandler
 
@@ -51,6 +51,9 @@ from mafl_graph.tasks.base import Problem, Task
 from mafl_graph.traces import read_traces_sqlite
 from mafl_graph.tracking import RunTracking, Tracker, make_trackers
 from mafl_graph.usage import UsageRecorder
+
+if TYPE_CHECKING:
+    from mafl_graph.debate.server import DebateServer
 
 METHODS: tuple[str, ...] = loop_method_names()
 """The built-in loop methods; :func:`~mafl_graph.methods.loop_method_names` also lists those
@@ -92,6 +95,7 @@ class MultiagentFinetuning:
         report_to: str | Tracker | Sequence[str | Tracker] | None = (),
         progress: bool = True,
         serving: ServingBackend | None = None,
+        debate_server: DebateServer | None = None,
     ) -> None:
         """
         ``tuner``: makes the tuner of each iteration and says which dataset format it takes
@@ -117,6 +121,9 @@ class MultiagentFinetuning:
         ``serving``: where tuned models are served (:mod:`mafl_graph.serving`, e.g. every
         adapter on one vLLM server); by default in this process, as each tuner serves them.
         The untuned ``society`` should already be served there (``LoopConfig`` builds it so).
+        ``debate_server``: run the debates of the untuned society on this LangGraph Server
+        (:mod:`mafl_graph.debate.server`; its settings must build ``society``). A tuned
+        society's models live in this process and its run directory, so its debates run here.
         """
         self.method = _loop_method(method)
         for name, value, least in (
@@ -156,6 +163,7 @@ class MultiagentFinetuning:
         self.trackers = make_trackers(report_to)
         self.progress = progress
         self.serving = serving or InProcessServing()
+        self.debate_server = debate_server
 
     def settings(self) -> dict[str, Any]:
         """What the manifest pins (``iterations`` is left out: a finished run may be extended)."""
@@ -208,7 +216,7 @@ class MultiagentFinetuning:
                 metrics.step(
                     k, "train", partial(self._debate, trainers, train, k, layout, callbacks)
                 )
-                metrics.step(k, "datasets", partial(self._datasets, k, layout))
+                metrics.step(k, "datasets", partial(self._datasets, k, layout, trainers))
                 metrics.step(k, "tuning", partial(self._tune, k, layout, tuned))
                 previous, tuned = tuned, load_tuned(layout.tuned_at(k))
                 society = self.society_after(tuned)
@@ -249,6 +257,7 @@ class MultiagentFinetuning:
                 metadata={"iteration": k, "split": "test"},
                 callbacks=callbacks,
                 progress=self.progress,
+                server=self._server_for(society, k),
             )
             evaluation.append(result)
             return result.as_dict()
@@ -285,10 +294,18 @@ class MultiagentFinetuning:
             metadata={"iteration": k, "split": "train"},
             callbacks=callbacks,
             progress=self.progress,
+            server=self._server_for(society, k),
         ).as_dict()
 
-    def _datasets(self, k: int, layout: RunLayout) -> dict[str, Any]:
-        traces = read_traces_sqlite(layout.train_db(k), "train")
+    def _datasets(self, k: int, layout: RunLayout, trainers: Society) -> dict[str, Any]:
+        server = self._server_for(trainers, k)
+        if server is not None:  # the debates' threads are named after the file (evaluate_society)
+            from mafl_graph.debate.server import read_server_traces
+
+            namespace = server.namespace or str(layout.train_db(k).resolve())
+            traces = read_server_traces(server.within(namespace), "train")
+        else:
+            traces = read_traces_sqlite(layout.train_db(k), "train")
         if not traces.traces:
             raise LoopError(f"iteration {k}: no finished train debate to learn from.")
         built = build_datasets(
@@ -344,6 +361,18 @@ class MultiagentFinetuning:
         }
 
     # Societies ---------------------------------------------------------------------------
+
+    def _server_for(self, society: Society, k: int) -> DebateServer | None:
+        """Where ``society`` debates: on the debate server when the server can build it (the
+        untuned society's models, or some of its agents), else in this process."""
+        if self.debate_server is None:
+            return None
+        base = {id(m) for a in self.society.agents for m in (a.generator, a.critic)}
+        used = {id(m) for a in society.agents for m in (a.generator, a.critic)}
+        if used <= base and society.summarizer is self.society.summarizer:
+            return self.debate_server
+        log.info("iteration %d: the tuned society debates in this process", k)
+        return None
 
     def _tuner(self, k: int, layout: RunLayout) -> Tuner:
         return self.tuner(layout.root, iteration=k)

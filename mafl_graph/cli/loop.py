@@ -72,7 +72,7 @@ def _default_methods() -> str:
 
 
 @app.command("compare")
-@with_options(config=LoopConfig, exclude=("method", "critics"))
+@with_options(config=LoopConfig, exclude=("method", "critics", "debate_server"))
 def compare_command(
     config: LoopConfig,
     run_dir: Annotated[Path, Opt(help="one subdirectory per method goes here")] = Path(
