@@ -308,3 +308,21 @@ def test_a_registered_method_runs_in_the_loop_and_in_a_comparison(
     assert results["majority-vote"][0]["iteration"] == 0
     report = write_report(run.root).read_text()
     assert "agent 0's generator tuned" in report and "multiagent FT (ours)" in report
+
+
+def test_only_societies_the_debate_server_can_build_debate_there(tuner: TunerFactory) -> None:
+    from mafl_graph.config import LoopConfig
+    from mafl_graph.debate.server import DebateServer
+
+    server = DebateServer("http://127.0.0.1:9")
+    society = _society()
+    loop = MultiagentFinetuning(society, SplitTask(), tuner, debate_server=server)
+    assert loop._server_for(society, 0) is server
+    # Some of the untuned agents (single-agent methods debate with one of them): still there.
+    assert loop._server_for(Society(society.agents[:1], society.summarizer), 1) is server
+    tuned = society.replace(generators={0: ScriptedModel(label="tuned")})
+    assert loop._server_for(tuned, 1) is None  # a tuned model lives in this process
+    assert MultiagentFinetuning(society, SplitTask(), tuner)._server_for(society, 0) is None
+    config = LoopConfig.of(debate_server="http://127.0.0.1:9", serving="vllm", serving_url="x")
+    with pytest.raises(ValueError, match="cannot be combined with a base served elsewhere"):
+        config.debate_server_for({})
