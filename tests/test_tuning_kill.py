@@ -72,8 +72,11 @@ def openai_reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]
     }
 
 
-@pytest.mark.parametrize("kind", ["job", "upload"])
-@pytest.mark.parametrize("k", range(1, 7))
+# The first, a middle and the last creation of each kind (and the second job, the first that
+# continues a tuned model): every other k kills the same code at another index.
+@pytest.mark.parametrize(
+    ("kind", "k"), [("job", 1), ("job", 2), ("job", 4), ("job", 6), ("upload", 1), ("upload", 6)]
+)
 def test_openai_loop_killed_after_the_kth_creation_pays_for_nothing_twice(
     tmp_path: Path, openai_reference: dict[str, Any], kind: str, k: int
 ) -> None:
@@ -191,7 +194,7 @@ def vertex_reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]
 
 @pytest.mark.parametrize(
     ("command", "kind", "k"),
-    [("tune", "job", k) for k in range(1, 7)]
+    [("tune", "job", k) for k in (1, 3, 6)]
     + [("tune", "upload", 1), ("tune", "upload", 6), ("loop", "job", 1), ("loop", "job", 7)],
 )
 def test_vertex_tuning_killed_after_the_kth_creation_pays_for_nothing_twice(
