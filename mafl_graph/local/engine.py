@@ -286,25 +286,9 @@ class LocalEngine:
         """
         import torch
 
-        from mafl_graph.local.growing_cache import GrowingCache
-
-        ids, mask, positions = (t.to(self.device) for t in (ids, mask, positions))
-        with self._model_lock, torch.inference_mode(), self._rows(adapters) as names:
-            model, extra = self.model, {}
-            if self._peft is not None:
-                model, extra = self._peft, {"adapter_names": names}
-            out = model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions,
-                use_cache=True,
-                logits_to_keep=1,
-                output_hidden_states=True,
-                **{self._cache_kwarg: cache if cache is not None else GrowingCache()},
-                **extra,
-            )
-        cache_name = "cache" if "cache" in out else "past_key_values"
-        return out.logits[:, -1, :].cpu(), out.hidden_states[-1].cpu(), out.get(cache_name)
+        with self._model_lock, torch.inference_mode():
+            out, cache = self._run(ids, mask, positions, cache, adapters, hidden=True)
+        return out.logits[:, -1, :].cpu(), out.hidden_states[-1].cpu(), cache
 
     @contextlib.contextmanager
     def _rows(self, adapters: list[str]) -> Iterator[list[str]]:
@@ -324,9 +308,24 @@ class LocalEngine:
         cache: Any,
         adapters: list[str],
     ) -> tuple[torch.Tensor, Any]:
+        out, cache = self._run(ids, mask, positions, cache, adapters)
+        # Sampling draws from each row's own CPU generator: the logits go back to the CPU.
+        return out.logits[:, -1, :].cpu(), cache
+
+    def _run(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+        adapters: list[str],
+        *,
+        hidden: bool = False,
+    ) -> tuple[Any, Any]:
+        """The model's forward over rows that each name an adapter: its output, and the cache."""
         from mafl_graph.local.growing_cache import GrowingCache
 
-        # The scheduler keeps its bookkeeping on the CPU; the model runs where it was loaded.
+        # Callers keep their bookkeeping on the CPU; the model runs where it was loaded.
         ids, mask, positions = (t.to(self.device) for t in (ids, mask, positions))
         with self._rows(adapters) as names:
             model, extra = self.model, {}
@@ -339,13 +338,12 @@ class LocalEngine:
                 position_ids=positions,
                 use_cache=True,
                 logits_to_keep=1,
+                output_hidden_states=hidden,
                 **{self._cache_kwarg: cache if cache is not None else GrowingCache()},
                 **extra,
             )
         # Only the name this version returns is read: the old one warns when read.
-        cache_name = "cache" if "cache" in out else "past_key_values"
-        # Sampling draws from each row's own CPU generator: the logits go back to the CPU.
-        return out.logits[:, -1, :].cpu(), out.get(cache_name)
+        return out, out.get("cache" if "cache" in out else "past_key_values")
 
     def _decode(self, ids: list[int]) -> str:
         with self._tokenizer_lock:
