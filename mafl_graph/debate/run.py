@@ -62,6 +62,21 @@ class DebateResult:
     def ok(self) -> bool:
         return self.error is None
 
+    @classmethod
+    def from_state(cls, problem: Problem, saved: Mapping[str, Any]) -> DebateResult:
+        """The result of ``problem``'s finished debate, from its graph's final state."""
+        return cls(
+            problem_id=problem.id,
+            question=problem.question,
+            reference=problem.answer,
+            consensus=saved.get("consensus"),
+            consensus_fraction=saved.get("consensus_fraction", 0.0),
+            correct=saved.get("correct"),
+            undecided=saved.get("undecided", 0),
+            responses=saved.get("responses", []),
+            summaries=saved.get("summaries", []),
+        )
+
 
 # The metadata key that names a run in checkpoints and traces. Not "run_id": LangGraph reads
 # that key to decide whether new input re-enters an ongoing run and would ignore the input.
@@ -372,17 +387,7 @@ async def _debate(
         return DebateResult(problem.id, problem.question, problem.answer, error=_describe(exc))
     if journal is not None:
         journal.forget(thread)
-    return DebateResult(
-        problem_id=problem.id,
-        question=problem.question,
-        reference=problem.answer,
-        consensus=saved.get("consensus"),
-        consensus_fraction=saved.get("consensus_fraction", 0.0),
-        correct=saved.get("correct"),
-        undecided=saved.get("undecided", 0),
-        responses=saved.get("responses", []),
-        summaries=saved.get("summaries", []),
-    )
+    return DebateResult.from_state(problem, saved)
 
 
 async def _run_graph(

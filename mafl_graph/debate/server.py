@@ -345,17 +345,7 @@ async def _debate(
         raise
     except Exception as exc:  # one bad problem must not sink the run
         return DebateResult(problem.id, problem.question, problem.answer, error=_describe(exc))
-    return DebateResult(
-        problem_id=problem.id,
-        question=problem.question,
-        reference=problem.answer,
-        consensus=saved.get("consensus"),
-        consensus_fraction=saved.get("consensus_fraction", 0.0),
-        correct=saved.get("correct"),
-        undecided=saved.get("undecided", 0),
-        responses=saved.get("responses", []),
-        summaries=saved.get("summaries", []),
-    )
+    return DebateResult.from_state(problem, saved)
 
 
 class _OtherQuestion(ValueError):
