@@ -55,11 +55,11 @@ def merged_weight(
     name: str,
     *,
     dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """``U diag(S ⊙ m) Vᵀ`` for target ``name``, ``m`` the expert's
     :meth:`~mafl_graph.svf.SVFExpert.multipliers`: computed in float32, returned in ``dtype``
-    on ``device``, differentiable in ``z``. Does not :meth:`~SVFExpert.check` the expert."""
+    on ``device`` (default: the decomposition's), differentiable in ``z``. Does not :meth:`~SVFExpert.check` the expert."""
     u, s, v = decomposition.factors(name, torch.float32, device)
     return ((u * (s * expert.multipliers(name, s))) @ v.T).to(dtype)
 
@@ -69,7 +69,7 @@ def merged_weights(
     expert: SVFExpert,
     *,
     dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every target's :func:`merged_weight`, keyed by module name (the parameter is
     ``name + ".weight"``), after checking that ``expert`` fits ``decomposition``."""
@@ -188,7 +188,7 @@ def row_singular_values(
     experts: Sequence[SVFExpert | None],
     *,
     dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """``[rows, k]``: row ``i`` holds ``S ⊙ m_i``, the singular values of ``experts[i]``'s
     weight for target ``name`` (``S`` itself for a base row, ``None``). Computed once per

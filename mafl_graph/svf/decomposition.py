@@ -89,15 +89,17 @@ class Decomposition:
         return (self.u[name] * self.s[name]) @ self.v[name].T
 
     def factors(
-        self, name: str, dtype: torch.dtype, device: torch.device | str = "cpu"
+        self, name: str, dtype: torch.dtype, device: torch.device | str | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(U, S, V)`` of ``name`` in ``dtype`` on ``device``, converted once and kept.
+        """``(U, S, V)`` of ``name`` in ``dtype`` on ``device`` (default: where they are
+        kept), converted once and kept.
 
         A bfloat16 or GPU model multiplies by factors of its own dtype and device at every
         forward pass: converting them each time would cost more than the product.
         """
-        device = torch.device(device)
-        if dtype == torch.float32 and device.type == "cpu":
+        kept = self.u[name]
+        device = kept.device if device is None else torch.device(device)
+        if dtype == kept.dtype and device == kept.device:
             return self.u[name], self.s[name], self.v[name]
         key = (name, dtype, device)
         if key not in self._cast:
