@@ -91,7 +91,7 @@ class Killer:
         raise ConnectionAbortedError("the client was killed")
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 3])
 def test_a_killed_debate_resumes_to_the_same_results(
     tmp_path: Path, seed: int, uninterrupted: list[dict[str, Any]]
 ) -> None:

@@ -72,11 +72,9 @@ def openai_reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]
     }
 
 
-# The first, a middle and the last creation of each kind (and the second job, the first that
-# continues a tuned model): every other k kills the same code at another index.
-@pytest.mark.parametrize(
-    ("kind", "k"), [("job", 1), ("job", 2), ("job", 4), ("job", 6), ("upload", 1), ("upload", 6)]
-)
+# The first, a middle and the last job, and the last upload: every other k kills the same
+# code at another index.
+@pytest.mark.parametrize(("kind", "k"), [("job", 1), ("job", 4), ("job", 6), ("upload", 6)])
 def test_openai_loop_killed_after_the_kth_creation_pays_for_nothing_twice(
     tmp_path: Path, openai_reference: dict[str, Any], kind: str, k: int
 ) -> None:
@@ -194,14 +192,13 @@ def vertex_reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]
 
 @pytest.mark.parametrize(
     ("command", "kind", "k"),
-    [("tune", "job", k) for k in (1, 3, 6)]
-    + [("tune", "upload", 1), ("tune", "upload", 6), ("loop", "job", 1), ("loop", "job", 7)],
+    [("tune", "job", k) for k in (1, 6)] + [("tune", "upload", 6), ("loop", "job", 1)],
 )
 def test_vertex_tuning_killed_after_the_kth_creation_pays_for_nothing_twice(
     tmp_path: Path, vertex_reference: dict[str, Any], command: str, kind: str, k: int
 ) -> None:
-    """`mafl tune` (six jobs in parallel) killed at each job in turn, and `mafl loop` killed
-    after the first creation of iteration 1 and of iteration 2."""
+    """`mafl tune` (six jobs in parallel) killed after its first and its last job and its
+    last upload, and `mafl loop` killed after its first creation."""
     reference = vertex_reference[command]
     world = VertexWorld(kill_after=(kind, k))
     run_dir = tmp_path / "run"
