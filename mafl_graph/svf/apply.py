@@ -59,7 +59,8 @@ def merged_weight(
 ) -> torch.Tensor:
     """``U diag(S ⊙ m) Vᵀ`` for target ``name``, ``m`` the expert's
     :meth:`~mafl_graph.svf.SVFExpert.multipliers`: computed in float32, returned in ``dtype``
-    on ``device`` (default: the decomposition's), differentiable in ``z``. Does not :meth:`~SVFExpert.check` the expert."""
+    on ``device`` (default: the decomposition's), differentiable in ``z``. Does not
+    :meth:`~SVFExpert.check` the expert."""
     u, s, v = decomposition.factors(name, torch.float32, device)
     return ((u * (s * expert.multipliers(name, s))) @ v.T).to(dtype)
 
