@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.messages import BaseMessage
+from langchain_core.outputs import ChatResult
 from pydantic import PrivateAttr, model_validator
 
 from mafl_graph.local.loading import SMOLLM2_ALIAS
@@ -900,7 +900,7 @@ class MixtureChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        from mafl_graph.local.chat_model import to_chatml
+        from mafl_graph.local.chat_model import chat_result, to_chatml
 
         unknown = set(kwargs) - set(_CALL_OPTIONS)
         if unknown:
@@ -921,22 +921,13 @@ class MixtureChatModel(BaseChatModel):
             stop=stop,
             force=self.force,
         )
-        message = AIMessage(
-            content=result.text,
-            usage_metadata={
-                "input_tokens": result.input_tokens,
-                "output_tokens": result.output_tokens,
-                "total_tokens": result.input_tokens + result.output_tokens,
-            },
-            response_metadata={
-                "model_name": f"mixture:{self.model_path}",
-                "finish_reason": result.finish_reason,
-                "expert_weights": list(result.mean_weights),
-                "experts": list(self.experts),
-                "tokens": result.output_tokens,
-            },
+        return chat_result(
+            result,  # type: ignore[arg-type]  # a MixedGeneration has a Generation's fields
+            f"mixture:{self.model_path}",
+            expert_weights=list(result.mean_weights),
+            experts=list(self.experts),
+            tokens=result.output_tokens,
         )
-        return ChatResult(generations=[ChatGeneration(message=message)])
 
     async def _agenerate(
         self,

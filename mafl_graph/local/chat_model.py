@@ -118,7 +118,7 @@ class LocalChatModel(BaseChatModel):
     ) -> ChatResult:
         options = self._options(stop, kwargs, run_manager)
         result = self.engine.generate(to_chatml(messages), **options)
-        return _chat_result(result, self.model_path)
+        return chat_result(result, self.model_path)
 
     async def _agenerate(
         self,
@@ -135,7 +135,7 @@ class LocalChatModel(BaseChatModel):
             await asyncio.to_thread(lambda: self.engine)
         options = self._options(stop, kwargs, run_manager)
         result = await self.engine.agenerate(to_chatml(messages), **options)
-        return _chat_result(result, self.model_path)
+        return chat_result(result, self.model_path)
 
     def _options(
         self,
@@ -155,7 +155,9 @@ class LocalChatModel(BaseChatModel):
         return {**options, "stop": stop, "adapter": self.adapter, "keep": keep}
 
 
-def _chat_result(result: Generation, model_name: str) -> ChatResult:
+def chat_result(result: Generation, model_name: str, **metadata: Any) -> ChatResult:
+    """A generation as LangChain's result: usage, model name and finish reason (and
+    ``metadata``, added to the response metadata)."""
     message = AIMessage(
         content=result.text,
         usage_metadata={
@@ -163,7 +165,11 @@ def _chat_result(result: Generation, model_name: str) -> ChatResult:
             "output_tokens": result.output_tokens,
             "total_tokens": result.input_tokens + result.output_tokens,
         },
-        response_metadata={"model_name": model_name, "finish_reason": result.finish_reason},
+        response_metadata={
+            "model_name": model_name,
+            "finish_reason": result.finish_reason,
+            **metadata,
+        },
     )
     return ChatResult(generations=[ChatGeneration(message=message)])
 
